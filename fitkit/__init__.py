@@ -1,0 +1,7 @@
+"""fitkit: fit the SMPL human body model to images.
+
+Batched SMPLify with interchangeable pose priors (GMM, VPoser, cNF) and data terms (keypoints,
+DensePose, learned displacements), on an open SMPL-format body that ships with the package.
+"""
+
+__version__ = "0.1.0"

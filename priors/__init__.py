@@ -1,0 +1,1 @@
+"""Open pose priors shipped with fitkit (installed as ``fitkit.open_priors``); see README.md."""
