@@ -45,7 +45,11 @@ class Camera:
             value = getattr(self, name)
             if value.ndim != 2 or value.shape[-1] != 2:
                 raise ValueError(f"Camera.{name} must have shape (B, 2), got {tuple(value.shape)}")
-        sizes = {self.focal_length.shape[0], self.principal_point.shape[0], self.image_size.shape[0]}
+        sizes = {
+            self.focal_length.shape[0],
+            self.principal_point.shape[0],
+            self.image_size.shape[0],
+        }
         if len(sizes) != 1:
             raise ValueError(
                 "Camera fields disagree on the batch size: "
@@ -92,7 +96,9 @@ class Camera:
     def device(self) -> torch.device:
         return self.focal_length.device
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Camera:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Camera:
         """The same cameras on another device or dtype."""
         return Camera(
             self.focal_length.to(device=device, dtype=dtype),
