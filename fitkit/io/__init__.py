@@ -1,1 +1,37 @@
-"""fitkit.io."""
+"""fitkit.io: files in and out: OpenPose JSON keypoints and parameter ``.npz`` files."""
+
+from fitkit.io.openpose import (
+    NUM_BODY25,
+    NoPersonError,
+    OpenPoseError,
+    person_boxes,
+    read_openpose,
+    read_openpose_people,
+    select_person,
+    write_openpose,
+)
+from fitkit.io.params import (
+    CAMERA_KEYS,
+    PARAM_SHAPES,
+    ParamsFileError,
+    read_params,
+    validate_params,
+    write_params,
+)
+
+__all__ = [
+    "CAMERA_KEYS",
+    "NUM_BODY25",
+    "PARAM_SHAPES",
+    "NoPersonError",
+    "OpenPoseError",
+    "ParamsFileError",
+    "person_boxes",
+    "read_openpose",
+    "read_openpose_people",
+    "read_params",
+    "select_person",
+    "validate_params",
+    "write_openpose",
+    "write_params",
+]

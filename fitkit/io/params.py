@@ -1,0 +1,178 @@
+"""Parameter files (``init.npz``, ``gt.npz``, ``results.npz``): one row per image.
+
+Layout (``docs/formats.md``): ``image_names`` (N,) str, ``global_orient`` (N, 3),
+``body_pose`` (N, 69), ``betas`` (N, 10), ``transl`` (N, 3), ``focal_length`` (N, 2),
+``camera_center`` (N, 2), float32. Other keys are allowed and kept (e.g. per-image energies or
+flags of a results file) when their first dimension is N.
+
+- Camera keys may be missing when the reader is given the image size: the defaults are
+  fitkit's default camera, focal length ``sqrt(w^2 + h^2)`` for both axes and principal point
+  ``((w - 1) / 2, (h - 1) / 2)`` (the image centre, pixel centres at integers).
+- Non-finite values are kept as they are (a results file may hold NaN rows for images whose fit
+  failed, flagged by an extra key); the reader checks layout, not plausibility.
+- ``image_names`` must be unique: they key the rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PARAM_SHAPES: dict[str, tuple[int, ...]] = {
+    "global_orient": (3,),
+    "body_pose": (69,),
+    "betas": (10,),
+    "transl": (3,),
+    "focal_length": (2,),
+    "camera_center": (2,),
+}
+"""Per-row shape of each float key of a parameter file."""
+
+CAMERA_KEYS = ("focal_length", "camera_center")
+
+
+class ParamsFileError(ValueError):
+    """A parameter file (or dict) with a missing or malformed key.
+
+    Attributes:
+        path: the file (or a description of the in-memory source).
+        key: the offending key, or ``None`` when the file as a whole is unreadable.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str | None, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        where = f"{self.path}: key '{key}'" if key is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+def read_params(
+    path: str | os.PathLike,
+    image_size: Sequence[float] | np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Read and validate a parameter file.
+
+    Args:
+        path: the ``.npz``.
+        image_size: ``(2,)`` or ``(N, 2)`` image sizes ``(w, h)`` in pixels; only used to fill
+            missing camera keys with the default camera.
+    Returns:
+        ``image_names`` ``(N,)`` str, the float32 arrays of ``PARAM_SHAPES`` ``(N, ...)``, and any
+        extra keys of the file.
+    Raises:
+        FileNotFoundError: no such file.
+        ParamsFileError: unreadable file, missing key, wrong shape or dtype, N disagreeing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameter file not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise ParamsFileError(path, None, f"not a readable .npz file ({error})") from error
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ParamsFileError(path, None, "not an .npz archive")
+    arrays = {}
+    with npz:
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except ValueError as error:
+                raise ParamsFileError(path, key, f"cannot be read ({error})") from error
+    if image_size is not None:
+        arrays = _with_default_camera(arrays, image_size)
+    return validate_params(arrays, path)
+
+
+def write_params(path: str | os.PathLike, params: Mapping[str, Any]) -> None:
+    """Validate and write a parameter file (atomically: a partial file never replaces a good one).
+
+    Args:
+        path: the ``.npz`` to write (parent folders are created).
+        params: ``image_names`` (N,) and the keys of ``PARAM_SHAPES`` as arrays or tensors of
+            shape ``(N, ...)``, plus optional extra keys with first dimension N.
+    Raises:
+        ParamsFileError: missing key, wrong shape or dtype, N disagreeing.
+    """
+    path = Path(path)
+    arrays = validate_params(params, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as file:
+        np.savez(file, **arrays)
+    os.replace(partial, path)
+
+
+def validate_params(params: Mapping[str, Any], source: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Check the layout of a parameter set and convert it to numpy.
+
+    Args:
+        params: key -> array, tensor or sequence (``image_names``: strings).
+        source: the file, for error messages.
+    Returns:
+        ``image_names`` ``(N,)`` str, float32 ``(N, ...)`` arrays, and extra keys as numpy.
+    Raises:
+        ParamsFileError: missing key, wrong shape or dtype, N disagreeing, duplicate names.
+    """
+    if "image_names" not in params:
+        raise ParamsFileError(source, "image_names", "missing")
+    names = _numpy(params["image_names"])
+    if names.ndim != 1 or (names.size and names.dtype.kind not in "US"):
+        raise ParamsFileError(
+            source, "image_names", f"expected (N,) strings, got {names.dtype} {names.shape}"
+        )
+    names = names.astype(str) if names.dtype.kind == "U" else np.char.decode(names, "utf-8")
+    if len(set(names.tolist())) != len(names):
+        raise ParamsFileError(source, "image_names", "names must be unique")
+    count = len(names)
+    result = {"image_names": names}
+    for key, shape in PARAM_SHAPES.items():
+        if key not in params:
+            hint = " (give the image size to use the default camera)" if key in CAMERA_KEYS else ""
+            raise ParamsFileError(source, key, f"missing{hint}")
+        value = _numpy(params[key])
+        if value.shape != (count, *shape):
+            expected = ", ".join(map(str, (count, *shape)))
+            raise ParamsFileError(
+                source, key, f"expected shape ({expected}) (N from image_names), got {value.shape}"
+            )
+        if value.dtype.kind not in "fiu":
+            raise ParamsFileError(source, key, f"expected numbers, got dtype {value.dtype}")
+        result[key] = value.astype(np.float32)
+    for key in params.keys() - result.keys():
+        value = _numpy(params[key])
+        if value.ndim == 0 or value.shape[0] != count:
+            raise ParamsFileError(
+                source, key, f"extra keys need one row per image ({count}), got {value.shape}"
+            )
+        result[key] = value
+    return result
+
+
+def _with_default_camera(
+    arrays: dict[str, np.ndarray], image_size: Sequence[float] | np.ndarray
+) -> dict[str, np.ndarray]:
+    """``arrays`` with missing camera keys filled from the image size."""
+    if all(key in arrays for key in CAMERA_KEYS) or "image_names" not in arrays:
+        return arrays
+    count = len(arrays["image_names"])
+    size = np.asarray(image_size, dtype=np.float64)
+    if size.shape not in ((2,), (count, 2)):
+        raise ValueError(f"image_size must have shape (2,) or ({count}, 2), got {size.shape}")
+    size = np.broadcast_to(size, (count, 2))
+    defaults = {
+        "focal_length": np.repeat(np.hypot(size[:, :1], size[:, 1:]), 2, axis=1),
+        "camera_center": (size - 1.0) / 2.0,
+    }
+    return {**defaults, **arrays}
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
