@@ -1,0 +1,53 @@
+"""The pose-prior interface shared by every prior."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PosePrior(nn.Module):
+    """A prior over SMPL body poses: a per-sample energy, low for plausible poses.
+
+    Subclasses implement :meth:`energy`; ``prior(body_pose)`` calls it.
+    """
+
+    def energy(self, body_pose: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy of each pose.
+
+        Args:
+            body_pose: (B, 69) axis-angle of SMPL joints 1–23.
+            context: (B, C) conditioning vector for conditional priors, else ``None``.
+
+        Returns:
+            (B,) energies.
+        """
+        raise NotImplementedError
+
+    def forward(self, body_pose: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`energy`."""
+        return self.energy(body_pose, context)
+
+
+class LatentPosePrior(PosePrior):
+    """A prior with a latent space that a fitter can optimize instead of the pose.
+
+    ``decode(encode(body_pose))`` maps a pose onto the prior's pose manifold (exactly the identity
+    for an invertible flow), and :meth:`latent_energy` is the prior's energy of a latent.
+    """
+
+    latent_dim: int
+
+    def encode(self, body_pose: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent of each pose: (B, 69) axis-angle -> (B, latent_dim)."""
+        raise NotImplementedError
+
+    def decode(self, latent: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Pose of each latent: (B, latent_dim) -> (B, 69) axis-angle."""
+        raise NotImplementedError
+
+    def latent_energy(
+        self, latent: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Energy of each latent: (B, latent_dim) -> (B,)."""
+        raise NotImplementedError

@@ -1,0 +1,190 @@
+"""SMPLify's max-mixture Gaussian pose prior, its ``gmm_08.pkl`` file layout and EM fitting.
+
+The energy of a pose ``x`` (69-d axis-angle body pose) is, as in SMPLify (and SPIN, SMPLify-X)::
+
+    E(x) = min_k [ 0.5 (x - mu_k)^T Sigma_k^-1 (x - mu_k) - log c_k ],
+    c_k  = w_k / ((2 pi)^(D/2) * sqrt(det Sigma_k) / min_j sqrt(det Sigma_j))
+
+i.e. the negative log of the best single weighted Gaussian, with the determinant normalized by the
+smallest one among the components.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fitkit.priors.base import PosePrior
+
+GMM_KEYS: tuple[str, ...] = ("means", "covars", "weights")
+
+
+class GMMPrior(PosePrior):
+    """Max-mixture GMM pose prior.
+
+    Args:
+        means: (K, D) component means.
+        covars: (K, D, D) component covariances.
+        weights: (K,) mixture weights.
+    """
+
+    def __init__(self, means: torch.Tensor, covars: torch.Tensor, weights: torch.Tensor) -> None:
+        super().__init__()
+        means, covars, weights = (torch.as_tensor(a, dtype=torch.float64)
+                                  for a in (means, covars, weights))
+        k, d = means.shape
+        if covars.shape != (k, d, d) or weights.shape != (k,):
+            raise ValueError(
+                f"GMM shapes disagree: means {tuple(means.shape)}, covars {tuple(covars.shape)}, "
+                f"weights {tuple(weights.shape)}")
+        half_logdet = torch.linalg.cholesky(covars).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_c = (weights.log() - 0.5 * d * math.log(2.0 * math.pi)
+                 - (half_logdet - half_logdet.min()))
+        self.register_buffer("means", means.float())
+        self.register_buffer("covars", covars.float())
+        self.register_buffer("weights", weights.float())
+        self.register_buffer("precisions", torch.linalg.inv(covars).float())
+        self.register_buffer("log_c", log_c.float())
+
+    @property
+    def num_components(self) -> int:
+        """Number of mixture components K."""
+        return self.means.shape[0]
+
+    def component_energies(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """Per-component energies ``0.5 d^T P d - log c_k``: (B, D) -> (B, K)."""
+        diff = body_pose[:, None, :] - self.means.to(body_pose.dtype)
+        prec_diff = torch.einsum("kij,bkj->bki", self.precisions.to(body_pose.dtype), diff)
+        return 0.5 * (prec_diff * diff).sum(-1) - self.log_c.to(body_pose.dtype)
+
+    def energy(self, body_pose: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Max-mixture energy: (B, 69) axis-angle -> (B,) (``context`` is ignored)."""
+        return self.component_energies(body_pose).min(dim=-1).values
+
+    @classmethod
+    def from_pickle(cls, path: str | Path) -> GMMPrior:
+        """Load the official ``gmm_08.pkl`` layout (latin1 pickle of a dict of arrays)."""
+        path = Path(path)
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a pickled dict with keys {GMM_KEYS}, "
+                             f"got {type(data).__name__}")
+        missing = [key for key in GMM_KEYS if key not in data]
+        if missing:
+            raise KeyError(f"{path}: missing GMM key(s) {missing}; found {sorted(data)}")
+        try:
+            return cls(*(np.asarray(data[key], dtype=np.float64) for key in GMM_KEYS))
+        except (ValueError, torch.linalg.LinAlgError) as error:
+            raise ValueError(f"{path}: invalid GMM arrays: {error}") from error
+
+    def save_pickle(self, path: str | Path) -> None:
+        """Write the official layout: latin1-readable pickle of ``means``, ``covars``, ``weights``
+        as float64 NumPy arrays."""
+        data = {key: getattr(self, key).detach().cpu().double().numpy() for key in GMM_KEYS}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump(data, f, protocol=2)
+
+
+def _log_gaussians(x: torch.Tensor, means: torch.Tensor, covars: torch.Tensor) -> torch.Tensor:
+    """log N(x_n; mu_k, Sigma_k): (N, D), (K, D), (K, D, D) -> (N, K)."""
+    chol = torch.linalg.cholesky(covars)  # (K, D, D)
+    diff = (x[None] - means[:, None]).transpose(1, 2)  # (K, D, N)
+    white = torch.linalg.solve_triangular(chol, diff, upper=False)
+    quad = white.square().sum(1)  # (K, N)
+    logdet = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    d = x.shape[1]
+    return (-0.5 * (quad + logdet[:, None] + d * math.log(2.0 * math.pi))).T
+
+
+def em_step(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    covars: torch.Tensor,
+    weights: torch.Tensor,
+    reg_covar: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One expectation-maximization step of a full-covariance Gaussian mixture.
+
+    Args:
+        x: (N, D) data.
+        means, covars, weights: (K, D), (K, D, D), (K,) current parameters.
+        reg_covar: added to every covariance diagonal (keeps them positive definite).
+
+    Returns:
+        New ``means``, ``covars``, ``weights`` and the mean log-likelihood (scalar) of ``x`` under
+        the parameters passed in.
+    """
+    log_joint = _log_gaussians(x, means, covars) + weights.log()
+    log_norm = torch.logsumexp(log_joint, dim=1, keepdim=True)
+    resp = (log_joint - log_norm).exp()  # (N, K)
+    mass = resp.sum(0) + 1e-10  # (K,)
+    new_means = resp.T @ x / mass[:, None]
+    diff = x[None] - new_means[:, None]  # (K, N, D)
+    new_covars = torch.einsum("kn,kni,knj->kij", resp.T, diff, diff) / mass[:, None, None]
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    new_covars = new_covars + reg_covar * eye
+    return new_means, new_covars, mass / mass.sum(), log_norm.mean()
+
+
+def init_gmm(
+    x: torch.Tensor, num_components: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k-means++ style initialization: means chosen among the data with probability proportional to
+    the squared distance to the nearest chosen mean; shared data covariance; uniform weights.
+
+    Args:
+        x: (N, D) data (on the CPU or any device).
+        num_components: K.
+        generator: CPU generator for the choices.
+
+    Returns:
+        ``means`` (K, D), ``covars`` (K, D, D), ``weights`` (K,).
+    """
+    n = x.shape[0]
+    first = torch.randint(n, (1,), generator=generator)
+    chosen = [x[first.item()]]
+    dist = (x - chosen[0]).square().sum(1)
+    for _ in range(num_components - 1):
+        probs = (dist / dist.sum()).cpu()
+        pick = torch.multinomial(probs, 1, generator=generator).item()
+        chosen.append(x[pick])
+        dist = torch.minimum(dist, (x - x[pick]).square().sum(1))
+    means = torch.stack(chosen)
+    cov = torch.cov(x.T) + 1e-4 * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    covars = cov.expand(num_components, -1, -1).clone()
+    weights = torch.full((num_components,), 1.0 / num_components, dtype=x.dtype, device=x.device)
+    return means, covars, weights
+
+
+def fit_gmm(
+    x: torch.Tensor,
+    num_components: int = 8,
+    iterations: int = 100,
+    reg_covar: float = 1e-4,
+    generator: torch.Generator | None = None,
+) -> GMMPrior:
+    """Fit a max-mixture prior's Gaussian mixture to data with EM (float64).
+
+    Args:
+        x: (N, D) data, e.g. axis-angle body poses.
+        num_components: K.
+        iterations: EM steps from a k-means++ start (:func:`init_gmm`).
+        reg_covar: covariance regularization added to every diagonal at every step.
+        generator: CPU generator for the initialization.
+
+    Returns:
+        The fitted :class:`GMMPrior`.
+    """
+    x = x.double()
+    params = init_gmm(x, num_components, generator)
+    for _ in range(iterations):
+        *new, _ = em_step(x, *params, reg_covar=reg_covar)
+        params = tuple(new)
+    return GMMPrior(*params)

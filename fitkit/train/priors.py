@@ -1,0 +1,272 @@
+"""Training loops of the pose priors on poses from fitkit's synthetic pose sampler.
+
+Each loop samples ``num_poses`` training poses with :func:`fitkit.synth.poses.sample_body_pose`
+from ``seed``, shows a tqdm progress bar and keeps a resume checkpoint next to its output
+(``OUT.resume.pt``, written atomically every ``checkpoint_every`` steps and removed when the run
+ends): a killed run started again with ``resume=True`` continues from its last checkpoint. Batches
+are drawn from a generator seeded by ``(seed, step)`` and the global RNG state (dropout, noise,
+VAE samples) is checkpointed, so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import roma
+import torch
+from tqdm import tqdm
+
+from fitkit.priors.cnf import CNFPrior, body_pose_to_6d
+from fitkit.priors.gmm import GMMPrior, em_step, init_gmm
+from fitkit.priors.vposer import VPoserPrior, VPoserV2
+from fitkit.synth.poses import sample_body_pose
+from fitkit.train import Command, register_command
+
+
+def resume_path(out: Path) -> Path:
+    """The resume checkpoint of a run writing ``out``: ``OUT.resume.pt`` beside it."""
+    return out.with_name(out.name + ".resume.pt")
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_resume(out: Path, kind: str, resume: bool) -> dict[str, Any] | None:
+    """The resume state of ``out`` when asked for and present, else ``None``."""
+    path = resume_path(out)
+    if not resume or not path.is_file():
+        if resume:
+            tqdm.write(f"{path}: no resume checkpoint, starting from scratch")
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("kind") != kind:
+        raise ValueError(f"{path}: a {state.get('kind')!r} checkpoint, not {kind!r}")
+    tqdm.write(f"{path}: resuming at step {state['step']}")
+    return state
+
+
+def training_poses(num_poses: int, seed: int) -> torch.Tensor:
+    """(num_poses, 69) float64 sampler poses for training, from ``seed``."""
+    return sample_body_pose(num_poses, torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _batch_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def train_gmm(out: Path, num_poses: int = 50_000, steps: int = 60, seed: int = 0,
+              resume: bool = False, num_components: int = 8, reg_covar: float = 1e-4,
+              checkpoint_every: int = 5) -> GMMPrior:
+    """Fit the max-mixture GMM with EM and save it to ``out`` in the ``gmm_08.pkl`` layout.
+
+    Args:
+        out: output ``.pkl`` path.
+        num_poses: training poses.
+        steps: EM iterations.
+        seed: sampler and initialization seed.
+        resume: continue from ``OUT.resume.pt`` if present.
+        num_components: mixture components (8 as SMPLify's).
+        reg_covar: covariance regularization (rad^2).
+        checkpoint_every: EM iterations between resume checkpoints.
+    """
+    x = training_poses(num_poses, seed)
+    state = _load_resume(out, "gmm", resume)
+    if state is None:
+        params = init_gmm(x, num_components, torch.Generator().manual_seed(seed))
+        start = 0
+    else:
+        params, start = (state["means"], state["covars"], state["weights"]), state["step"]
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="gmm EM")
+    for step in bar:
+        *new, log_lik = em_step(x, *params, reg_covar=reg_covar)
+        params = tuple(new)
+        bar.set_postfix(log_lik=f"{float(log_lik):.2f}")
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            _save_atomic({"kind": "gmm", "step": step + 1, "means": params[0],
+                          "covars": params[1], "weights": params[2]}, resume_path(out))
+    prior = GMMPrior(*params)
+    prior.save_pickle(out)
+    resume_path(out).unlink(missing_ok=True)
+    return prior
+
+
+def _lr_schedule(steps: int) -> Any:
+    """Cosine decay to 5% over ``steps``."""
+    return lambda step: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def vposer_loss(model: VPoserV2, body_pose: torch.Tensor, kl_weight: float = 5e-3
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """VAE loss of VPoser v2 on (B, 69) poses: squared rotation-matrix reconstruction error
+    summed over the 21 joints, plus ``kl_weight`` x KL(q(z|x) || N(0, I)) summed over latents.
+
+    Returns:
+        The scalar loss and its parts as floats.
+    """
+    pose21 = body_pose[:, :63]
+    posterior = model.encode(pose21)
+    decoded = model.decode(posterior.rsample())
+    target = roma.rotvec_to_rotmat(pose21.unflatten(-1, (21, 3)))
+    rec = (decoded - target).square().sum(dim=(1, 2, 3)).mean()
+    prior = torch.distributions.Normal(torch.zeros_like(posterior.loc),
+                                       torch.ones_like(posterior.scale))
+    kl = torch.distributions.kl_divergence(posterior, prior).sum(-1).mean()
+    return rec + kl_weight * kl, {"rec": float(rec.detach()), "kl": float(kl.detach())}
+
+
+def _train_network(kind: str, out: Path, module: torch.nn.Module, loss_fn: Any, x: torch.Tensor,
+                   steps: int, seed: int, resume: bool, batch_size: int, lr: float,
+                   checkpoint_every: int) -> None:
+    """Adam with cosine decay on random batches of ``x``; resumable (see the module doc)."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_schedule(steps))
+    state = _load_resume(out, kind, resume)
+    start = 0
+    if state is not None:
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+    module.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"{kind} training")
+    for step in bar:
+        index = torch.randint(x.shape[0], (batch_size,), generator=_batch_generator(seed, step))
+        loss, parts = loss_fn(x[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % 20 == 0:
+            shown = {"loss": float(loss.detach()), **parts}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            _save_atomic({"kind": kind, "step": step + 1, "model": module.state_dict(),
+                          "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+                         resume_path(out))
+    module.eval()
+
+
+def train_vposer(out: Path, num_poses: int = 100_000, steps: int = 4000, seed: int = 0,
+                 resume: bool = False, batch_size: int = 256, lr: float = 1e-3,
+                 kl_weight: float = 5e-3, checkpoint_every: int = 250) -> VPoserPrior:
+    """Train VPoser v2 as a VAE and save a v2 experiment folder at ``out``.
+
+    Args:
+        out: output folder (``vposer.yaml`` + ``snapshots/vposer_epoch=00.ckpt``).
+        num_poses, steps, seed, resume: see the module doc.
+        batch_size, lr: Adam settings (cosine decay to 5%).
+        kl_weight: weight of the KL term.
+        checkpoint_every: steps between resume checkpoints.
+    """
+    torch.manual_seed(seed)
+    model = VPoserV2()
+    x = training_poses(num_poses, seed).float()
+    _train_network("vposer", out, model, lambda b: vposer_loss(model, b, kl_weight), x, steps,
+                   seed, resume, batch_size, lr, checkpoint_every)
+    prior = VPoserPrior(model)
+    prior.save_folder(out, name="vposer")
+    resume_path(out).unlink(missing_ok=True)
+    return prior
+
+
+def cnf_loss(prior: CNFPrior, body_pose: torch.Tensor, noise: float = 0.02
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Negative log-likelihood per dimension of the 6D poses with Gaussian noise of std
+    ``noise`` added (the 6D poses lie on a 3-manifold per joint; the noise keeps the density
+    finite off it)."""
+    x = body_pose_to_6d(body_pose)
+    x = x + noise * torch.randn_like(x)
+    nll = -prior.flow.log_prob(x).mean() / x.shape[1]
+    return nll, {"nll": float(nll.detach())}
+
+
+def train_cnf(out: Path, num_poses: int = 100_000, steps: int = 4000, seed: int = 0,
+              resume: bool = False, batch_size: int = 256, lr: float = 1e-3,
+              num_layers: int = 4, hidden: int = 128, num_blocks: int = 1, noise: float = 0.02,
+              checkpoint_every: int = 250) -> CNFPrior:
+    """Train the unconditional pose flow by maximum likelihood and save its folder at ``out``.
+
+    The energy offset stored with it is the mean ``-log_prob`` of the training poses, so typical
+    poses have an energy near 0.
+
+    Args:
+        out: output folder (``config.json`` + ``weights.pt``).
+        num_poses, steps, seed, resume: see the module doc.
+        batch_size, lr: Adam settings (cosine decay to 5%).
+        num_layers, hidden, num_blocks: flow size.
+        noise: std of the training noise on the 6D poses.
+        checkpoint_every: steps between resume checkpoints.
+    """
+    torch.manual_seed(seed)
+    prior = CNFPrior(num_layers=num_layers, hidden=hidden, num_blocks=num_blocks)
+    x = training_poses(num_poses, seed).float()
+    prior.flow.initialize(body_pose_to_6d(x[:4096]))
+    _train_network("cnf", out, prior, lambda b: cnf_loss(prior, b, noise), x, steps, seed,
+                   resume, batch_size, lr, checkpoint_every)
+    with torch.no_grad():
+        offset = float(-prior.log_prob(x[:10_000]).mean())
+    trained = CNFPrior(num_layers=num_layers, hidden=hidden, num_blocks=num_blocks,
+                       energy_offset=offset)
+    trained.load_state_dict(prior.state_dict())
+    trained.save_folder(out)
+    resume_path(out).unlink(missing_ok=True)
+    return trained
+
+
+def _common_arguments(parser: argparse.ArgumentParser, num_poses: int, steps: int) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output path")
+    parser.add_argument("--num-poses", type=int, default=num_poses,
+                        help=f"training poses from the sampler (default {num_poses})")
+    parser.add_argument("--steps", type=int, default=steps,
+                        help=f"optimization steps (default {steps})")
+    parser.add_argument("--seed", type=int, default=0, help="sampler and training seed")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT.resume.pt when present")
+
+
+def _configure_gmm(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, 50_000, 60)
+    parser.add_argument("--num-components", type=int, default=8)
+    parser.add_argument("--reg-covar", type=float, default=1e-4)
+
+
+def _configure_network(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, 100_000, 4000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+
+
+def _run_gmm(args: argparse.Namespace) -> None:
+    train_gmm(args.out, args.num_poses, args.steps, args.seed, args.resume, args.num_components,
+              args.reg_covar)
+
+
+def _run_vposer(args: argparse.Namespace) -> None:
+    train_vposer(args.out, args.num_poses, args.steps, args.seed, args.resume, args.batch_size,
+                 args.lr)
+
+
+def _run_cnf(args: argparse.Namespace) -> None:
+    train_cnf(args.out, args.num_poses, args.steps, args.seed, args.resume, args.batch_size,
+              args.lr)
+
+
+register_command(Command(
+    "gmm", "fit the max-mixture GMM pose prior with EM (writes a gmm_08.pkl-layout file)",
+    _configure_gmm, _run_gmm))
+register_command(Command(
+    "vposer", "train the VPoser v2-compatible VAE (writes a v2 experiment folder)",
+    _configure_network, _run_vposer))
+register_command(Command(
+    "cnf", "train the normalizing-flow pose prior (writes a fitkit cNF folder)",
+    _configure_network, _run_cnf))
