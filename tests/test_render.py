@@ -178,6 +178,28 @@ def test_triangles_outside_image_behind_camera_degenerate_or_absent_draw_nothing
     assert empty.bary.shape == (2, H, W, 3) and empty.depth.shape == (2, H, W)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tilt", [(0.0, 0.0), (0.7, 0.4), (-0.9, 0.2), (0.3, -0.8), (-0.5, -0.5)])
+def test_shared_edges_through_pixel_centres_leave_no_cracks(dtype, tilt):
+    # A tilted grid whose vertical edges run exactly through pixel centres (vertices between them):
+    # every pixel centre inside the grid must be covered by one of the two triangles of its edge.
+    size, focal = 64, 50.0
+    camera = Camera.from_image_size(size, size, focal_length=focal, dtype=dtype)
+    centre = (size - 1) / 2
+    columns = torch.arange(2, size - 2, 4, dtype=dtype)
+    uu, vv = torch.meshgrid(columns, columns + 0.5, indexing="xy")
+    rx, ry = (uu - centre) / focal, (vv - centre) / focal
+    z = 1.0 / (1.0 - tilt[0] * rx - tilt[1] * ry)
+    vertices = torch.stack([rx * z, ry * z, z], dim=-1).reshape(1, -1, 3)
+    n = len(columns)
+    index = torch.arange(n * n).reshape(n, n)
+    a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+    faces = torch.cat([torch.stack([a, c, b], -1), torch.stack([b, c, d], -1)]).reshape(-1, 3)
+    mask = rasterize(vertices, faces, camera, (size, size)).mask[0]
+    first, last = int(columns[0]), int(columns[-1])
+    assert mask[first + 1 : last + 1, first + 1 : last].all()
+
+
 def test_small_candidate_blocks_give_the_same_fragments():
     vertices, faces = icosphere(2, 0.6, (0.1, 0.0, 2.5))
     camera = small_camera()

@@ -29,6 +29,9 @@ from fitkit.render.fragments import Fragments
 MAX_CANDIDATES = 1 << 21
 """Most (triangle, pixel) candidate pairs tested in one vectorized block."""
 
+BOX_MARGIN = 1e-3
+"""Pixels by which screen bounding boxes are widened before rounding to pixel centres."""
+
 
 def _triangle_setup(corners: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-triangle constants of the homogeneous edge weights.
@@ -55,6 +58,32 @@ def _triangle_setup(corners: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         det.abs() > tol * area * x0.norm(dim=-1)
     )
     return torch.stack([normal - c1 - c2, c1, c2], dim=-2), det, proper
+
+
+def _watertight_edges(corners: Tensor) -> Tensor:
+    """Edge vectors ``x_1 x x_2, x_2 x x_0, x_0 x x_1`` for the coverage test.
+
+    Written as separate products and differences, ``b x a`` is exactly ``-(a x b)`` in IEEE
+    arithmetic (``torch.linalg.cross`` may fuse them and lose that), so two triangles that share
+    an edge get edge weights of exactly opposite sign along it, whatever their order of corners:
+    a pixel centre on a shared edge is covered by at least one of them (no cracks).
+    :func:`_triangle_setup` gives the same values, more precisely, for barycentrics and depth,
+    but not bitwise antisymmetric.
+
+    Args:
+        corners: ``(..., 3, 3)`` triangle corners.
+    Returns:
+        ``(..., 3, 3)`` vectors (rows) for :func:`_edge_weights`.
+    """
+    x0, x1, x2 = corners.unbind(-2)
+    return torch.stack([_exact_cross(x1, x2), _exact_cross(x2, x0), _exact_cross(x0, x1)], dim=-2)
+
+
+def _exact_cross(a: Tensor, b: Tensor) -> Tensor:
+    """``(..., 3)`` cross product with one rounding per product and per difference (no FMA)."""
+    ax, ay, az = a.unbind(-1)
+    bx, by, bz = b.unbind(-1)
+    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], dim=-1)
 
 
 def _edge_weights(c: Tensor, rays: Tensor) -> Tensor:
@@ -98,6 +127,9 @@ def _screen_boxes(
     lo = torch.where(in_front[..., None], uv, torch.full_like(uv, inf)).amin(-2)
     hi = torch.where(in_front[..., None], uv, torch.full_like(uv, -inf)).amax(-2)
     limit = uv.new_tensor([width - 1, height - 1])
+    # A corner on a pixel centre may project a rounding error to either side of it: widen the
+    # box by a little (the edge test decides coverage) so that pixel is never dropped.
+    lo, hi = lo - BOX_MARGIN, hi + BOX_MARGIN
     lo = lo.ceil().clamp(min=torch.zeros_like(limit), max=limit + 1).long()
     hi = hi.floor().clamp(min=-torch.ones_like(limit), max=limit).long()
     size = (hi - lo + 1).clamp(min=0)
@@ -147,6 +179,7 @@ def _covering_candidates(
     height, width = image_size
     left, top, box_w, box_h = _screen_boxes(corners, camera, image_size, near)
     c, det, drawable = _triangle_setup(corners)
+    edges = _watertight_edges(corners).reshape(-1, 3, 3)
     drawable &= box_w * box_h > 0
     if cull_backfaces:
         drawable &= det < 0
@@ -164,11 +197,13 @@ def _covering_candidates(
         u = left[tri] + local % row_width
         v = top[tri] + torch.div(local, row_width, rounding_mode="floor")
         b = torch.div(tri, num_faces, rounding_mode="floor")
-        weights = _edge_weights(c[tri], torch.stack([rays_u[b, u], rays_v[b, v]], dim=-1))
-        total = weights.sum(-1)
+        rays = torch.stack([rays_u[b, u], rays_v[b, v]], dim=-1)
+        cover = _edge_weights(edges[tri], rays)
+        cover_total = cover.sum(-1)
+        total = _edge_weights(c[tri], rays).sum(-1)
         tri_det = det[tri]
         depth = tri_det / total
-        hit = ((weights * total[:, None]) >= 0).all(-1) & (tri_det * total > 0)
+        hit = ((cover * cover_total[:, None]) >= 0).all(-1) & (tri_det * total > 0)
         hit &= (depth >= near) & (depth <= far)
         pixels.append(((b * height + v) * width + u)[hit])
         faces.append((tri % num_faces)[hit])
