@@ -1,0 +1,209 @@
+"""SMPLify's schedule as data: stages, their weights, and the presets ``spin`` and ``refine``.
+
+Weights are written as SMPLify, SPIN and SMPLify-X write them and enter the objective squared:
+a stage minimizes, per sample,
+
+    sum_t (data_weight * term_weights[t])^2 E_t  +  pose_prior_weight^2 E_pose
+    + shape_prior_weight^2 ||betas||^2  +  bending_weight^2 E_bend  +  depth_weight^2 (t_z - t0_z)^2
+
+with ``E_t`` the data terms (:mod:`fitkit.terms`), ``E_pose`` the pose prior's energy (its
+latent energy for a latent prior), ``E_bend`` SMPLify's elbow/knee bending energy and ``t0_z``
+the depth the fit started from (SPIN's camera depth prior).
+
+Presets (``PRESETS``, :func:`preset`):
+
+- ``spin``: SPIN's SMPLify (``smplify/smplify.py`` and ``losses.py`` of SPIN; seed 002: Adam,
+  step 1e-2). A camera stage fits ``global_orient`` and ``transl`` to the shoulders and hips
+  (plain squared error) with the depth prior ``100^2 (t_z - t0_z)^2``; a body stage fits
+  ``body_pose``, ``betas`` and ``global_orient`` with ``transl`` fixed: robust keypoints
+  (rho = 100 px, confidence squared, Neck and hips off) + ``4.78^2`` GMM + ``5^2`` shape +
+  ``15.2^2`` bending. 100 Adam iterations per stage (SPIN's code; its supplement says at most
+  50). Focal length 5000 px on 224 x 224 crops.
+- ``refine``: seed 003 §4.1's modification of SPIN's SMPLify: no bending and no depth prior
+  term, the full image with focal length ``sqrt(w^2 + h^2)``, and the reprojection term scaled
+  by the person's size (residuals in pixels of a 224-pixel crop around the person, see
+  :mod:`fitkit.terms.keypoints`). The seed's extra data multiplier for OpenPose did not survive
+  its text extraction; ``term_weights`` keeps 1, which reproduces SPIN's balance on crops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fitkit.geometry import Camera
+from fitkit.terms import DataTerm, build_term
+
+PARAM_NAMES: tuple[str, ...] = ("global_orient", "body_pose", "betas", "transl")
+"""The body parameters a stage may optimize."""
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "lbfgs")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of the fit.
+
+    Attributes:
+        name: label in results and timings.
+        optimize: the parameters this stage frees (of :data:`PARAM_NAMES`); ``body_pose`` means
+            the prior's latent for a latent prior.
+        iterations: optimizer iterations.
+        optimizer: ``"adam"`` or ``"lbfgs"`` (torch's, strong-Wolfe line search, run in steps of
+            up to 20 iterations, the per-sample guard acting between steps).
+        lr: Adam's step size or L-BFGS's initial step (1 is usual for L-BFGS).
+        torso_only: use each data term's torso view (SMPLify's camera stage).
+        data_weight, pose_prior_weight, shape_prior_weight, bending_weight, depth_weight:
+            weights, applied squared (module docstring); 0 drops the term.
+    """
+
+    name: str
+    optimize: tuple[str, ...]
+    iterations: int = 100
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    torso_only: bool = False
+    data_weight: float = 1.0
+    pose_prior_weight: float = 0.0
+    shape_prior_weight: float = 0.0
+    bending_weight: float = 0.0
+    depth_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimize", tuple(self.optimize))
+        unknown = [name for name in self.optimize if name not in PARAM_NAMES]
+        if unknown or not self.optimize:
+            raise ValueError(
+                f"stage {self.name!r}: optimize must name some of {PARAM_NAMES}, "
+                f"got {self.optimize}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"stage {self.name!r}: optimizer must be one of {OPTIMIZERS}, "
+                f"got {self.optimizer!r}"
+            )
+        if self.iterations < 0 or self.lr <= 0:
+            raise ValueError(
+                f"stage {self.name!r}: needs iterations >= 0 and lr > 0, "
+                f"got {self.iterations} and {self.lr}"
+            )
+
+
+def zip_stages(
+    names: Sequence[str], optimize: Sequence[Sequence[str]], **settings: Any
+) -> tuple[StageConfig, ...]:
+    """Stages from per-stage lists, SMPLify-X style.
+
+    Args:
+        names: one name per stage.
+        optimize: one tuple of parameter names per stage.
+        settings: any other :class:`StageConfig` field, as a list with one value per stage or
+            a single value for every stage (e.g. ``pose_prior_weight=[0.0, 4.78], lr=1e-2``).
+    Raises:
+        ValueError: lists of different lengths.
+    """
+    count = len(names)
+    columns: dict[str, Sequence[Any]] = {"name": names, "optimize": optimize}
+    for key, value in settings.items():
+        columns[key] = value if isinstance(value, list | tuple) else [value] * count
+    lengths = {key: len(column) for key, column in columns.items()}
+    if set(lengths.values()) != {count}:
+        raise ValueError(f"per-stage lists must all have {count} entries: {lengths}")
+    return tuple(
+        StageConfig(**{key: column[i] for key, column in columns.items()}) for i in range(count)
+    )
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """A whole fit: its stages and everything around them.
+
+    Attributes:
+        stages: run in order, each starting from the previous one's per-sample best iterate.
+        focal_length: pixels for :meth:`camera`; ``None`` for ``sqrt(w^2 + h^2)``.
+        term_weights: extra weight per data-term name (applied squared; 1 when absent).
+        term_options: build options per data-term name for :meth:`build_term`.
+        divergence_factor: a sample whose energy exceeds this factor times
+            ``max(|start energy|, 1)`` of a stage counts as diverged.
+    """
+
+    stages: tuple[StageConfig, ...]
+    focal_length: float | None = None
+    term_weights: Mapping[str, float] = field(default_factory=dict)
+    term_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    divergence_factor: float = 1e3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages:
+            raise ValueError("a FitConfig needs at least one stage")
+
+    def camera(self, width: int, height: int, batch_size: int, **kwargs: Any) -> Camera:
+        """Cameras of ``width x height`` images centred on the image, with this config's focal
+        length (``kwargs`` go to :meth:`Camera.from_image_size`: ``device``, ``dtype``)."""
+        return Camera.from_image_size(
+            width, height, batch_size, focal_length=self.focal_length, **kwargs
+        )
+
+    def build_term(self, name: str, **inputs: Any) -> DataTerm:
+        """:func:`fitkit.terms.build_term` with this config's options for ``name`` (``inputs``
+        win over them)."""
+        return build_term(name, **{**self.term_options.get(name, {}), **inputs})
+
+    def with_stages(self, **changes: Any) -> FitConfig:
+        """A copy with ``changes`` applied to every stage (e.g. ``iterations=10``)."""
+        stages = tuple(dataclasses.replace(stage, **changes) for stage in self.stages)
+        return dataclasses.replace(self, stages=stages)
+
+
+CAMERA_AND_BODY = ("camera", "body")
+CAMERA_PARAMS = ("global_orient", "transl")
+BODY_PARAMS = ("body_pose", "betas", "global_orient")
+
+PRESETS: dict[str, FitConfig] = {
+    "spin": FitConfig(
+        stages=zip_stages(
+            CAMERA_AND_BODY,
+            (CAMERA_PARAMS, BODY_PARAMS),
+            iterations=100,
+            optimizer="adam",
+            lr=1e-2,
+            torso_only=[True, False],
+            depth_weight=[100.0, 0.0],
+            pose_prior_weight=[0.0, 4.78],
+            shape_prior_weight=[0.0, 5.0],
+            bending_weight=[0.0, 15.2],
+        ),
+        focal_length=5000.0,
+        term_options={"keypoints": {"rho": 100.0}},
+    ),
+    "refine": FitConfig(
+        stages=zip_stages(
+            CAMERA_AND_BODY,
+            (CAMERA_PARAMS, BODY_PARAMS),
+            iterations=100,
+            optimizer="adam",
+            lr=1e-2,
+            torso_only=[True, False],
+            pose_prior_weight=[0.0, 4.78],
+            shape_prior_weight=[0.0, 5.0],
+        ),
+        focal_length=None,
+        term_options={"keypoints": {"rho": 100.0, "crop_size": 224.0}},
+    ),
+}
+"""Named fit configurations (module docstring)."""
+
+
+def preset(name: str, **changes: Any) -> FitConfig:
+    """The preset ``name`` (``"spin"`` or ``"refine"``), with :class:`FitConfig` fields replaced
+    by ``changes``.
+
+    Raises:
+        KeyError: no such preset.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown fit preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return dataclasses.replace(PRESETS[name], **changes)
