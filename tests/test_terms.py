@@ -142,7 +142,7 @@ def test_registry_builds_terms_by_name_and_refuses_unknown_or_duplicate_names():
     term = build_term("keypoints", keypoints=keypoints, crop_size=224.0)
     assert isinstance(term, KeypointsTerm) and term.crop_size == 224.0
     assert TERMS["keypoints"] is KeypointsTerm
-    with pytest.raises(KeyError, match="unknown data term 'flow'"):
-        build_term("flow", keypoints=keypoints)
+    with pytest.raises(KeyError, match="unknown data term 'silhouette'"):
+        build_term("silhouette", keypoints=keypoints)
     with pytest.raises(ValueError, match="already registered"):
         register_term("keypoints")(type("Other", (DataTerm,), {}))
