@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-COMMAND_MODULES: tuple[str, ...] = ("fitkit.train.priors",)
+COMMAND_MODULES: tuple[str, ...] = ("fitkit.train.priors", "fitkit.train.flow")
 """Modules whose import registers CLI commands."""
 
 

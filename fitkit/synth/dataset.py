@@ -1,0 +1,247 @@
+"""Writing a synthetic dataset folder, resumable and byte-for-byte reproducible.
+
+Layout (DESIGN.md's dataset folder plus the generator's own files)::
+
+    images/NAME.png                 rendered RGB image
+    keypoints/NAME_keypoints.json   OpenPose BODY_25 output, one person
+    densepose/NAME_IUV.png          DensePose IUV (file channels R, G, B = V, U, I, as DensePose's
+                                    cv2.imwrite leaves them: cv2.imread gives I, U, V)
+    textures/NAME.png               the subject's clothing texture on the body's UV map
+    records/NAME.npz                the sample's parameters and camera (resume bookkeeping)
+    records/settings.json           the settings the samples were made with
+    gt.npz, init.npz, meta.json     written at the end from all records
+
+Samples are generated in fixed, aligned batches of :data:`BATCH_SIZE` indices (the last one
+padded), so a sample's bytes never depend on how many samples were requested or which ones an
+interrupted run had finished. Every file is written to a temporary name and renamed, so a file
+that exists is complete; a sample is done when all its files exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import fitkit
+from fitkit.body import load_body
+from fitkit.io.openpose import write_openpose
+from fitkit.io.params import validate_params
+from fitkit.synth.config import SynthConfig
+from fitkit.synth.world import PARAM_KEYS, SampleBatch, SynthWorld
+
+BATCH_SIZE = 4
+"""Samples generated together (their indices are ``k * BATCH_SIZE ...``)."""
+
+
+class SynthError(RuntimeError):
+    """A dataset cannot be written (bad folder, settings that clash with an earlier run)."""
+
+
+def sample_name(index: int) -> str:
+    """File name stem of sample ``index``."""
+    return f"{index:06d}"
+
+
+def sample_files(out: Path, name: str) -> list[Path]:
+    """The files of one sample, the record (written last) at the end."""
+    return [out / "images" / f"{name}.png", out / "keypoints" / f"{name}_keypoints.json",
+            out / "densepose" / f"{name}_IUV.png", out / "textures" / f"{name}.png",
+            out / "records" / f"{name}.npz"]
+
+
+def _atomic_write(path: Path, data: bytes | Callable[[Path], None]) -> None:
+    """Write ``data`` (bytes, or a writer called with a path) to a temporary file next to
+    ``path`` (``.NAME.PID.tmp``) and rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An ``.npz`` archive as bytes, with fixed member timestamps (``np.savez`` stamps the
+    current time, so its files differ from run to run)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """``(H, W, 3)`` uint8 RGB as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _json_bytes(document: object) -> bytes:
+    return (json.dumps(document, indent=1) + "\n").encode()
+
+
+def settings_document(seed: int, body: str, config: SynthConfig) -> dict:
+    """What decides a sample's bytes besides its index (compared when a run resumes)."""
+    return json.loads(json.dumps({
+        "generator": "fitkit.synth", "version": fitkit.__version__, "seed": seed, "body": body,
+        "batch_size": BATCH_SIZE, "config": dataclasses.asdict(config),
+    }))
+
+
+def _prepare(out: Path, settings: dict) -> None:
+    """Create the folders, remove temporary files an interrupted run left behind, and check
+    that an existing run used the same settings."""
+    try:
+        folders = [out / sub for sub in ("images", "keypoints", "densepose", "textures",
+                                         "records")]
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (out, *folders):
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink()
+        probe = out / "records" / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or error
+        raise SynthError(f"cannot write the dataset folder {out}: {reason}") from None
+    path = out / "records" / "settings.json"
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise SynthError(f"{path} is unreadable ({error}); use a new folder") from None
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise SynthError(
+                f"{out} holds a dataset made with other settings ({', '.join(changed)} differ); "
+                "use a new folder or the same settings to resume it"
+            )
+    else:
+        _atomic_write(path, _json_bytes(settings))
+
+
+def write_sample(out: Path, batch: SampleBatch, row: int) -> None:
+    """Write the files of sample ``row`` of ``batch``, its record last."""
+    name = sample_name(batch.indices[row])
+    images, keypoints, densepose, texture, record = sample_files(out, name)
+    _atomic_write(images, png_bytes(batch.images[row].numpy()))
+    _atomic_write(keypoints, lambda path: write_openpose(path, batch.keypoints[row].numpy()))
+    # DensePose writes its (I, U, V) array with cv2.imwrite, which stores channels as B, G, R.
+    _atomic_write(densepose, png_bytes(batch.iuv[row].flip(-1).numpy()))
+    _atomic_write(texture, png_bytes(batch.textures[row].numpy()))
+    arrays = {f"gt_{k}": batch.gt[k][row].numpy() for k in PARAM_KEYS}
+    arrays |= {f"init_{k}": batch.init[k][row].numpy() for k in PARAM_KEYS}
+    arrays |= {"focal_length": batch.focal_length[row].numpy(),
+               "camera_center": batch.camera_center[row].numpy(),
+               "distance": batch.distance[row].numpy()}
+    _atomic_write(record, npz_bytes({k: v.astype(np.float32) for k, v in arrays.items()}))
+
+
+def is_complete(out: Path, index: int) -> bool:
+    """Whether all files of sample ``index`` exist."""
+    return all(path.exists() for path in sample_files(out, sample_name(index)))
+
+
+def _finish(out: Path, num: int, settings: dict) -> None:
+    """Write ``gt.npz``, ``init.npz`` and ``meta.json`` from the per-sample records."""
+    names = [sample_name(i) for i in range(num)]
+    records = []
+    for name in names:
+        with np.load(out / "records" / f"{name}.npz") as record:
+            records.append(dict(record))
+    for prefix in ("gt", "init"):
+        arrays = {"image_names": np.array(names)}
+        arrays |= {k: np.stack([r[f"{prefix}_{k}"] for r in records]) for k in PARAM_KEYS}
+        arrays |= {k: np.stack([r[k] for r in records]) for k in ("focal_length", "camera_center")}
+        path = out / f"{prefix}.npz"
+        _atomic_write(path, npz_bytes(validate_params(arrays, path)))
+    meta = dict(settings) | {
+        "num": num,
+        "size": settings["config"]["size"],
+        "keypoint_noise": settings["config"]["keypoint_noise"],
+        "samples": [{"name": n, "focal_length": round(float(r["focal_length"][0]), 3),
+                     "distance": round(float(r["distance"]), 3)}
+                    for n, r in zip(names, records, strict=True)],
+    }
+    _atomic_write(out / "meta.json", _json_bytes(meta))
+
+
+def generate_dataset(
+    out: str | os.PathLike,
+    num: int,
+    seed: int = 0,
+    config: SynthConfig | None = None,
+    body: str = "open",
+    progress: bool = True,
+) -> Path:
+    """Generate (or finish) a synthetic dataset folder.
+
+    Samples whose files all exist are kept (an interrupted run resumes); the others are
+    rendered in aligned batches; the parameter files and ``meta.json`` are rewritten at the end.
+    The work runs on one CPU thread (``torch.set_num_threads(1)``, restored afterwards): it is
+    made of many small tensor operations, which intra-op threads slow down several times over on
+    a busy machine, and a fixed thread count keeps the files the same on machines with different
+    numbers of cores.
+
+    Args:
+        out: dataset folder (created).
+        num: number of samples (> 0).
+        seed: dataset seed; sample ``i`` depends on ``(seed, i)`` only.
+        config: dataset settings (defaults: :class:`~fitkit.synth.world.SynthConfig`).
+        body: body model name or file for :func:`fitkit.body.load_body`.
+        progress: show a tqdm bar.
+    Returns:
+        The folder.
+    Raises:
+        SynthError: the body model cannot be loaded or lacks UVs or DensePose labels, the
+            folder cannot be written, or it holds a run with other settings.
+        ValueError: bad ``num`` or settings.
+    """
+    if num <= 0:
+        raise ValueError(f"num must be positive, got {num}")
+    config = config or SynthConfig()
+    out = Path(out)
+    try:
+        world = SynthWorld(load_body(body), config)
+    except (FileNotFoundError, ValueError) as error:
+        raise SynthError(f"cannot use the body model {body!r}: {error}") from None
+    settings = settings_document(seed, body, config)
+    _prepare(out, settings)
+    todo = {i for i in range(num) if not is_complete(out, i)}
+    batches = sorted({i // BATCH_SIZE for i in todo})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tqdm(total=num, initial=num - len(todo), unit="img", disable=not progress,
+                  desc="fitkit.synth") as bar:
+            for b in batches:
+                indices = list(range(b * BATCH_SIZE, (b + 1) * BATCH_SIZE))
+                batch = world.generate(seed, indices)
+                for row, index in enumerate(indices):
+                    if index in todo:
+                        write_sample(out, batch, row)
+                        bar.update(1)
+    finally:
+        torch.set_num_threads(threads)
+    _finish(out, num, settings)
+    return out

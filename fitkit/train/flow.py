@@ -1,0 +1,396 @@
+"""Training the displacement network (seed 003) on batches made on the fly.
+
+Each training sample comes from the synthetic world (:class:`fitkit.synth.SynthWorld`): the true
+body rendered into an image with its clothing texture, lighting and background, and an initial
+estimate perturbed like a regressor's (:mod:`fitkit.synth.init`). As in seed 003's appendix, with
+probability ``gt_pose`` the initial estimate keeps the true pose and only its shape and camera
+(translation) are perturbed, to focus on fine displacements. The initial mesh is rendered with the
+subject's texture, augmented (:class:`FlowAugment`: channel-wise noise, pixel noise and blur on
+the texture, channel-wise noise, brightness and contrast on the image), and the targets are the
+per-pixel displacements of Eq. 1-2 (:func:`fitkit.nets.displacement_targets`).
+
+Determinism and resume: training batch ``step`` holds samples ``step * B ... step * B + B - 1`` of
+the world seeded with ``seed``; its augmentations come from their own per-sample generators, so a
+batch depends on ``(seed, step)`` alone, whatever the number of loader workers. The checkpoint at
+``--out`` is a normal network checkpoint (:func:`fitkit.nets.load_flownet` reads it) that also
+carries the training state (optimizer, step, RNG, settings, validation history), written atomically
+every ``checkpoint_every`` steps; ``resume=True`` continues from it, so a resumed CPU run ends with
+the same weights as an uninterrupted one (on CUDA, up to non-deterministic kernels). The held-out
+validation set is fixed (samples from :data:`VALIDATION_START` on, world seed 0), so validation
+figures of different runs compare; each evaluation also reports the zero-displacement baseline
+(the initial mesh as it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from fitkit.body.model import BodyModel, load_body
+from fitkit.geometry.camera import Camera
+from fitkit.nets import (
+    FLOWNET_CONFIGS,
+    FlowNet,
+    FlowNetConfig,
+    displacement_targets,
+    flow_loss,
+    masked_epe,
+    read_checkpoint,
+    render_inputs,
+    save_flownet,
+)
+from fitkit.nets.checkpoint import CheckpointError, config_from_dict
+from fitkit.synth import SynthConfig, SynthWorld
+from fitkit.train import Command, register_command
+
+VALIDATION_START = 1 << 40
+"""Index of the first validation sample (training indices stay below it)."""
+
+
+@dataclass
+class FlowAugment:
+    """Initial-estimate mixture and augmentations (seed 003, appendix).
+
+    Attributes:
+        gt_pose: probability that the initial estimate keeps the true pose (global orientation
+            and body pose), with only shape and translation perturbed.
+        image_channel_noise: each image channel is scaled by ``U(1 - x, 1 + x)`` (SPIN's
+            channel-wise pixel noise).
+        brightness: ``U(-x, x)`` added to the image.
+        contrast: the image's deviation from its mean grey is scaled by ``U(1 - x, 1 + x)``.
+        texture_channel_noise: channel-wise noise on the texture, as on the image.
+        texture_noise: the texture gets per-texel Gaussian noise of sigma ``U(0, x)``.
+        texture_blur: the texture is blurred by down- and upsampling with a factor drawn from
+            the powers of two up to ``x`` (back-projected textures are blurry).
+    """
+
+    gt_pose: float = 0.25
+    image_channel_noise: float = 0.2
+    brightness: float = 0.1
+    contrast: float = 0.2
+    texture_channel_noise: float = 0.2
+    texture_noise: float = 0.05
+    texture_blur: int = 4
+
+
+@dataclass
+class FlowBatch:
+    """One batch of network inputs and targets.
+
+    Attributes:
+        image: ``(B, 3, H, W)`` RGB in [0, 1].
+        renders: ``(B, C, H, W)`` normalized renders of the initial mesh.
+        mask: ``(B, H, W)`` bool, its covered pixels.
+        target: ``(B, 2, H, W)`` true displacements (pixels), 0 off the mask.
+    """
+
+    image: Tensor
+    renders: Tensor
+    mask: Tensor
+    target: Tensor
+
+    def to(self, device: torch.device | str) -> FlowBatch:
+        """The batch on ``device``."""
+        return FlowBatch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
+
+def _generator(seed: int, index: int) -> torch.Generator:
+    """The augmentation generator of sample ``index`` (a stream apart from the world's)."""
+    state = np.random.SeedSequence([seed, index, 1]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _uniform(generator: torch.Generator, spread: float, *shape: int) -> Tensor:
+    """``U(-spread, spread)`` of the given shape."""
+    return (2.0 * torch.rand(*shape, generator=generator) - 1.0) * spread
+
+
+class FlowBatchMaker:
+    """Training batches for a displacement network, made on the fly (see the module doc).
+
+    Args:
+        body: the body model (with UVs and DensePose labels, as the synthetic world needs).
+        config: the network's config (image size, texture input).
+        augment: initial-estimate mixture and augmentations.
+    """
+
+    def __init__(self, body: BodyModel, config: FlowNetConfig,
+                 augment: FlowAugment | None = None) -> None:
+        self.body = body
+        self.config = config
+        self.augment = augment or FlowAugment()
+        size = config.image_size
+        self.world = SynthWorld(body, SynthConfig(size=size, keypoint_noise="none",
+                                                  texture_size=size))
+        with torch.no_grad():
+            self.rest = body().vertices[0]
+
+    @torch.no_grad()
+    def make(self, seed: int, indices: list[int]) -> FlowBatch:
+        """The batch of samples ``indices`` of the world seeded with ``seed``."""
+        aug = self.augment
+        sample = self.world.generate(seed, indices)
+        generators = [_generator(seed, index) for index in indices]
+        batch, size = len(indices), self.config.image_size
+        keep = torch.stack([torch.rand((), generator=g) < aug.gt_pose for g in generators])
+        init = dict(sample.init)
+        for key in ("global_orient", "body_pose"):
+            init[key] = torch.where(keep[:, None], sample.gt[key], init[key])
+        vertices_gt = self.body(**sample.gt).vertices
+        vertices_init = self.body(**init).vertices
+        camera = Camera(sample.focal_length, sample.camera_center,
+                        torch.full((batch, 2), float(size)))
+        texture = None
+        if self.config.texture:
+            texture = torch.stack([
+                self._augment_texture(t.permute(2, 0, 1).float() / 255.0, g)
+                for t, g in zip(sample.textures, generators, strict=True)])
+        renders = render_inputs(vertices_init, self.body.faces, camera, self.rest, texture,
+                                self.body.uv)
+        target = displacement_targets(vertices_gt, vertices_init, self.body.faces, camera,
+                                      renders.fragments)
+        image = torch.stack([self._augment_image(i.permute(2, 0, 1).float() / 255.0, g)
+                             for i, g in zip(sample.images, generators, strict=True)])
+        return FlowBatch(image, renders.channels, renders.mask, target)
+
+    def _augment_image(self, image: Tensor, generator: torch.Generator) -> Tensor:
+        """``(3, H, W)`` -> ``(3, H, W)``: channel-wise noise, contrast, brightness."""
+        aug = self.augment
+        image = image * (1.0 + _uniform(generator, aug.image_channel_noise, 3, 1, 1))
+        grey = image.mean()
+        image = grey + (image - grey) * (1.0 + _uniform(generator, aug.contrast, 1))
+        return (image + _uniform(generator, aug.brightness, 1)).clamp(0.0, 1.0)
+
+    def _augment_texture(self, texture: Tensor, generator: torch.Generator) -> Tensor:
+        """``(3, S, S)`` -> ``(3, S, S)``: blur, channel-wise noise, per-texel noise."""
+        aug = self.augment
+        levels = int(math.log2(max(aug.texture_blur, 1))) + 1
+        factor = 2 ** int(torch.randint(levels, (1,), generator=generator))
+        if factor > 1:
+            size = texture.shape[-1]
+            small = F.interpolate(texture[None], scale_factor=1.0 / factor, mode="area")
+            texture = F.interpolate(small, size=(size, size), mode="bilinear",
+                                    align_corners=False)[0]
+        texture = texture * (1.0 + _uniform(generator, aug.texture_channel_noise, 3, 1, 1))
+        sigma = aug.texture_noise * float(torch.rand((), generator=generator))
+        noise = torch.randn(texture.shape, generator=generator)
+        return (texture + sigma * noise).clamp(0.0, 1.0)
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Training batch ``step`` of a run, for a DataLoader (one item is a whole batch)."""
+
+    def __init__(self, maker: FlowBatchMaker, seed: int, batch_size: int) -> None:
+        self.maker, self.seed, self.batch_size = maker, seed, batch_size
+
+    def __getitem__(self, step: int) -> FlowBatch:
+        start = step * self.batch_size
+        return self.maker.make(self.seed, list(range(start, start + self.batch_size)))
+
+
+def _as_is(batch: FlowBatch) -> FlowBatch:
+    return batch
+
+
+def validation_set(maker: FlowBatchMaker, size: int, batch_size: int) -> list[FlowBatch]:
+    """The fixed held-out samples ``VALIDATION_START ...`` (world seed 0), in batches."""
+    indices = list(range(VALIDATION_START, VALIDATION_START + size))
+    return [maker.make(0, indices[i:i + batch_size]) for i in range(0, size, batch_size)]
+
+
+@torch.no_grad()
+def evaluate(net: FlowNet, batches: list[FlowBatch], device: torch.device | str
+             ) -> tuple[float, float]:
+    """End-point error of the final stack over the covered pixels of ``batches`` (pooled), and
+    that of the zero displacement (the initial mesh as it is), in pixels."""
+    was_training = net.training
+    net.eval()
+    total = baseline = pixels = 0.0
+    for batch in batches:
+        batch = batch.to(device)
+        prediction = net(batch.image, batch.renders)[-1].float()
+        count = float(batch.mask.sum())
+        total += float(masked_epe(prediction, batch.target, batch.mask)) * count
+        baseline += float(masked_epe(torch.zeros_like(prediction), batch.target,
+                                     batch.mask)) * count
+        pixels += count
+    net.train(was_training)
+    return total / max(pixels, 1.0), baseline / max(pixels, 1.0)
+
+
+def _settings_mismatch(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    return [f"{key}: checkpoint {saved.get(key)!r}, given {value!r}"
+            for key, value in given.items() if saved.get(key) != value]
+
+
+def train_flow(
+    out: Path,
+    config: FlowNetConfig | None = None,
+    steps: int = 20_000,
+    batch_size: int = 8,
+    lr: float = 2.5e-4,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    checkpoint_every: int = 500,
+    val_every: int = 500,
+    val_size: int = 32,
+    workers: int = 0,
+    amp: bool = False,
+    body: BodyModel | str = "open",
+    augment: FlowAugment | None = None,
+    progress: bool = True,
+) -> FlowNet:
+    """Train a displacement network with Adam on on-the-fly batches (see the module doc).
+
+    Args:
+        out: checkpoint path (written every ``checkpoint_every`` steps and at the end).
+        config: network size (default ``FLOWNET_CONFIGS["small"]``); on resume, the checkpoint's.
+        steps: total optimization steps.
+        batch_size, lr: Adam settings (constant learning rate).
+        seed: seed of the training samples and of the network's initialization.
+        device: where the network trains (batches are made on the CPU).
+        resume: continue from ``out`` (it must exist and match config, seed, batch size, lr and
+            augment: run the same command again with ``resume``).
+        checkpoint_every: steps between checkpoints.
+        val_every: steps between validations (0: only at the end).
+        val_size: held-out samples.
+        workers: DataLoader processes making batches (0: in the training process).
+        amp: bfloat16 autocast for the network's forward pass (for CUDA).
+        body: the body model, or what :func:`fitkit.body.load_body` takes (default the open
+            body).
+        augment: initial-estimate mixture and augmentations.
+        progress: show a tqdm bar and validation lines.
+    Returns:
+        The trained network (eval mode).
+    """
+    augment = augment or FlowAugment()
+    settings = {"seed": seed, "batch_size": batch_size, "lr": lr,
+                "augment": dataclasses.asdict(augment)}
+    state = None
+    if resume:
+        if not Path(out).is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {out}")
+        state = read_checkpoint(out)
+        if "training" not in state:
+            raise CheckpointError(f"{out}: no training state to resume from (field 'training')")
+        saved = config_from_dict(state["config"], f"{out}: field 'config'")
+        mismatch = _settings_mismatch(state["training"]["settings"], settings)
+        if config is not None and config != saved:
+            mismatch.append(f"config: checkpoint {saved}, given {config}")
+        if mismatch:
+            raise ValueError(f"{out}: resume with the run's own settings ({'; '.join(mismatch)})")
+        config = saved
+    config = config or FLOWNET_CONFIGS["small"]
+    if not isinstance(body, BodyModel):
+        body = load_body(body)
+
+    torch.manual_seed(seed)
+    net = FlowNet(config).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    start, history = 0, []
+    if state is not None:
+        training = state["training"]
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(training["optimizer"])
+        torch.set_rng_state(training["rng"])
+        start, history = training["step"], list(training["history"])
+
+    maker = FlowBatchMaker(body, config, augment)
+    validation = validation_set(maker, val_size, batch_size) if val_size > 0 else []
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(maker, seed, batch_size), batch_size=None, sampler=range(start, steps),
+        num_workers=workers, collate_fn=_as_is)
+    autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp
+                else nullcontext())
+
+    def save(step: int) -> None:
+        save_flownet(out, net, training={
+            "step": step, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+            "settings": settings, "history": history, "body": str(body.source)})
+
+    net.train()
+    bar = tqdm(loader, initial=start, total=steps, desc="flow training", disable=not progress)
+    step = start
+    for step, batch in enumerate(bar, start=start + 1):
+        batch = batch.to(device)
+        with autocast:
+            predictions = net(batch.image, batch.renders)
+        loss = flow_loss(predictions.float(), batch.target, batch.mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 10 == 0 or step == steps:
+            epe = float(masked_epe(predictions[-1].detach().float(), batch.target, batch.mask))
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epe=f"{epe:.2f}px")
+        if validation and ((val_every and step % val_every == 0) or step == steps):
+            epe, baseline = evaluate(net, validation, device)
+            history.append({"step": step, "val_epe": epe, "val_baseline": baseline})
+            if progress:
+                tqdm.write(f"step {step}: validation EPE {epe:.3f} px "
+                           f"(zero displacement {baseline:.3f} px)")
+        if step % checkpoint_every == 0 or step == steps:
+            save(step)
+    if step == start:
+        save(step)
+    return net.eval()
+
+
+def _preset(text: str) -> FlowNetConfig:
+    if text not in FLOWNET_CONFIGS:
+        raise argparse.ArgumentTypeError(f"unknown size {text!r}; choose one of "
+                                         f"{', '.join(FLOWNET_CONFIGS)}")
+    return FLOWNET_CONFIGS[text]
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
+    parser.add_argument("--size", type=_preset, default=FLOWNET_CONFIGS["small"],
+                        help=f"network size: {', '.join(FLOWNET_CONFIGS)} (default small)")
+    parser.add_argument("--image-size", type=int, help="override the size's image side")
+    parser.add_argument("--width", type=int, help="override the size's channel width")
+    parser.add_argument("--stacks", type=int, help="override the size's hourglass stacks")
+    parser.add_argument("--no-texture", action="store_true",
+                        help="train the variant without texture input (seed 003, Table 3)")
+    parser.add_argument("--steps", type=int, default=20_000, help="total steps (default 20000)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2.5e-4, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    parser.add_argument("--workers", type=int, default=0, help="batch-making processes")
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--val-size", type=int, default=32, help="held-out samples")
+    parser.add_argument("--body", default="open", help="body model: 'open' or a path")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint at --out")
+
+
+def _run(args: argparse.Namespace) -> None:
+    overrides = {"image_size": args.image_size, "width": args.width, "stacks": args.stacks}
+    config = dataclasses.replace(
+        args.size, **{k: v for k, v in overrides.items() if v is not None},
+        texture=not args.no_texture)
+    try:
+        train_flow(args.out, config, args.steps, args.batch_size, args.lr, args.seed,
+                   args.device, args.resume, args.checkpoint_every, args.val_every,
+                   args.val_size, args.workers, args.amp, args.body)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"python -m fitkit.train flow: error: {error}") from error
+
+
+register_command(Command(
+    "flow", "train the displacement network of seed 003 on synthetic batches made on the fly",
+    _configure, _run))
