@@ -21,6 +21,7 @@ import scipy.sparse
 from smplx.vertex_ids import vertex_ids as SMPLX_VERTEX_IDS
 
 from fitkit.body.keypoints import OPENPOSE_VERTEX_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
+from fitkit.io.npz import FileKeyError, read_npz
 
 OPEN_BODY_PATH = Path(__file__).resolve().parent / "data" / "open_body.npz"
 """The open body (an SMPL-format ``.npz`` with fitkit's extras), inside the installed package."""
@@ -50,19 +51,9 @@ OFFICIAL_FILE_NAMES: dict[str, tuple[str, ...]] = {
 _SUBFOLDERS = (".", "smpl", "models", "models/smpl", "smpl/models")
 
 
-class BodyFileError(ValueError):
-    """A body model file that cannot be read, or a key in it that is missing or malformed.
-
-    Attributes:
-        path: the file.
-        key: the offending key, or ``None`` when the file as a whole is unreadable.
-    """
-
-    def __init__(self, path: str | os.PathLike, key: str | None, message: str) -> None:
-        self.path = str(path)
-        self.key = key
-        where = f"{self.path}: key '{key}'" if key is not None else self.path
-        super().__init__(f"{where}: {message}")
+class BodyFileError(FileKeyError):
+    """A body model file that cannot be read, or a key in it that is missing or malformed
+    (``.path``, ``.key``)."""
 
 
 # --------------------------------------------------------------------------- chumpy-free pickles
@@ -182,36 +173,6 @@ def read_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError) as error:
             raise BodyFileError(path, str(key), f"cannot convert to an array ({error})") from error
     return result
-
-
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` file (no pickled objects).
-
-    Args:
-        path: the ``.npz``.
-    Returns:
-        key -> array.
-    Raises:
-        FileNotFoundError: no such file.
-        BodyFileError: not an ``.npz``, or a key that holds pickled objects.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"body model file not found: {path}")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as error:
-        raise BodyFileError(path, None, f"not a readable .npz file ({error})") from error
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise BodyFileError(path, None, "not an .npz archive (a single .npy array?)")
-    arrays = {}
-    with npz:
-        for key in npz.files:
-            try:
-                arrays[key] = npz[key]
-            except ValueError as error:
-                raise BodyFileError(path, key, f"cannot be read ({error})") from error
-    return arrays
 
 
 # --------------------------------------------------------------------------- validated contents
@@ -495,7 +456,7 @@ def read_body_file(path: str | os.PathLike) -> BodyData:
     if suffix == ".pkl":
         arrays: Mapping[str, Any] = read_smpl_pickle(path)
     elif suffix == ".npz":
-        arrays = read_npz(path)
+        arrays = read_npz(path, BodyFileError, "body model")
     else:
         raise BodyFileError(path, None, "unknown body model file type (expected .pkl or .npz)")
     return BodyData.from_arrays(arrays, path)

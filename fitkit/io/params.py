@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fitkit.io.npz import FileKeyError, read_npz
+
 PARAM_SHAPES: dict[str, tuple[int, ...]] = {
     "global_orient": (3,),
     "body_pose": (69,),
@@ -36,19 +38,8 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
 CAMERA_KEYS = ("focal_length", "camera_center")
 
 
-class ParamsFileError(ValueError):
-    """A parameter file (or dict) with a missing or malformed key.
-
-    Attributes:
-        path: the file (or a description of the in-memory source).
-        key: the offending key, or ``None`` when the file as a whole is unreadable.
-    """
-
-    def __init__(self, path: str | os.PathLike, key: str | None, message: str) -> None:
-        self.path = str(path)
-        self.key = key
-        where = f"{self.path}: key '{key}'" if key is not None else self.path
-        super().__init__(f"{where}: {message}")
+class ParamsFileError(FileKeyError):
+    """A parameter file (or dict) with a missing or malformed key (``.path``, ``.key``)."""
 
 
 def read_params(
@@ -69,21 +60,7 @@ def read_params(
         ParamsFileError: unreadable file, missing key, wrong shape or dtype, N disagreeing.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"parameter file not found: {path}")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as error:
-        raise ParamsFileError(path, None, f"not a readable .npz file ({error})") from error
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ParamsFileError(path, None, "not an .npz archive")
-    arrays = {}
-    with npz:
-        for key in npz.files:
-            try:
-                arrays[key] = npz[key]
-            except ValueError as error:
-                raise ParamsFileError(path, key, f"cannot be read ({error})") from error
+    arrays = read_npz(path, ParamsFileError, "parameter")
     if image_size is not None:
         arrays = _with_default_camera(arrays, image_size)
     return validate_params(arrays, path)
