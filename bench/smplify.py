@@ -1,34 +1,45 @@
-"""Time batched SMPLify (keypoints term, each open prior) and measure its peak memory.
+"""Time batched SMPLify (each data term and open prior) and measure its peak memory.
 
     python bench/smplify.py [--batch-sizes 1 32 64] [--iterations 100] [--priors gmm vposer cnf]
-                            [--preset refine] [--threads N]
+                            [--terms keypoints densepose flow] [--size 512] [--preset refine]
+                            [--threads N]
 
-For every device (CPU, and CUDA when available), prior and batch size: one fit of synthetic
-people (open body, poses from ``fitkit.synth.poses``, 1000 x 1000 images, exact keypoints plus
-2 px noise, a start perturbed by 0.2 rad and 10 cm), with ``--iterations`` per stage of the
-preset (two stages). Prints the milliseconds per fit, per iteration and per sample-iteration,
+For every device (CPU, and CUDA when available), data term, prior and batch size: one fit of
+synthetic people (open body, poses from ``fitkit.synth.poses``, ``--size`` square images, a start
+perturbed by 0.2 rad and 10 cm) to exact keypoints plus 2 px noise, the DensePose IUV rendered
+from the truth, or the exact displacement field (``flow``), with ``--iterations`` per stage of
+the preset (two stages). Prints the milliseconds to build the term (rendering and pixel -> vertex
+for flow, the (I, U, V) lookup for DensePose), per fit, per iteration and per sample-iteration,
 and the peak memory: CUDA's peak allocation, or on the CPU the process's peak resident set so
-far (it only grows, so rows come in increasing batch size).
+far (it only grows).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import sys
+import time
 
 import torch
+from torch import Tensor
 
 import fitkit
 from fitkit.fitting import SMPLify, preset
 from fitkit.geometry import Camera
 from fitkit.priors import load
+from fitkit.render import rasterize
+from fitkit.synth.annotate import densepose_iuv
 from fitkit.synth.poses import sample_body_pose
+from fitkit.terms import exact_displacements
 
 
-def make_batch(body: fitkit.body.BodyModel, camera: Camera, seed: int) -> tuple[dict, dict]:
-    """Ground-truth-derived keypoints ``(B, 25, 3)`` and a perturbed start, on the body's
-    device."""
+def make_batch(
+    body: fitkit.body.BodyModel, camera: Camera, seed: int
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Ground-truth-derived keypoints ``(B, 25, 3)``, the truth and a perturbed start, on the
+    body's device."""
     batch = camera.batch_size
     g = torch.Generator().manual_seed(seed)
     like = {"device": body.device, "dtype": body.dtype}
@@ -50,7 +61,33 @@ def make_batch(body: fitkit.body.BodyModel, camera: Camera, seed: int) -> tuple[
         "transl": 0.1 * torch.randn(batch, 3, generator=g),
     }
     init = {name: truth[name] + noise[name].to(**like) for name in truth}
-    return keypoints, init
+    return keypoints, truth, init
+
+
+def term_inputs(
+    name: str,
+    body: fitkit.body.BodyModel,
+    camera: Camera,
+    keypoints: Tensor,
+    truth: dict[str, Tensor],
+    init: dict[str, Tensor],
+) -> dict:
+    """The inputs of data term ``name`` for one batch (the IUV and the exact displacement field
+    are rendered here, outside the timed term construction)."""
+    if name == "keypoints":
+        return {"keypoints": keypoints}
+    if name == "densepose":
+        with torch.no_grad():
+            fragments = rasterize(body(**truth).vertices, body.faces, camera)
+        iuv = densepose_iuv(fragments.face_id, fragments.bary, body.faces,
+                            body.dp_I, body.dp_U, body.dp_V)
+        return {"iuv": iuv, "body": body}
+    if name == "flow":
+        with torch.no_grad():
+            init_vertices = body(**init).vertices
+        return {"displacements": exact_displacements(body, truth, init, camera),
+                "init_vertices": init_vertices, "camera": camera, "body": body}
+    raise ValueError(f"no benchmark inputs for data term {name!r}")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -66,6 +103,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 64])
     parser.add_argument("--iterations", type=int, default=100, help="per stage")
     parser.add_argument("--priors", nargs="+", default=["gmm", "vposer", "cnf"])
+    parser.add_argument("--terms", nargs="+", default=["keypoints", "densepose", "flow"])
+    parser.add_argument("--size", type=int, default=512, help="image width and height")
     parser.add_argument("--preset", default="refine")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -79,23 +118,30 @@ def main() -> None:
     iterations = sum(stage.iterations for stage in config.stages)
     print(f"preset {args.preset}, {len(config.stages)} stages x {args.iterations} iterations, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    header = ("device", "prior", "B", "ms/fit", "ms/iter", "ms/(iter*B)", "peak MB")
+    header = ("device", "term", "prior", "B", "build ms", "ms/fit", "ms/iter", "ms/(iter*B)",
+              "peak MB")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for device in devices:
         body = fitkit.load_body("open", device=device)
-        for prior_name in args.priors:
+        for term_name, prior_name in itertools.product(args.terms, args.priors):
             fitter = SMPLify(body, load(prior_name), config)
             for batch in args.batch_sizes:
-                camera = config.camera(1000, 1000, batch, device=device)
-                keypoints, init = make_batch(body, camera, seed=batch)
-                term = config.build_term("keypoints", keypoints=keypoints)
+                camera = config.camera(args.size, args.size, batch, device=device)
+                keypoints, truth, init = make_batch(body, camera, seed=batch)
+                inputs = term_inputs(term_name, body, camera, keypoints, truth, init)
                 if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                     torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
+                term = config.build_term(term_name, **inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                build_ms = 1000.0 * (time.perf_counter() - start)
                 result = fitter.fit(term, camera, init=init)
                 ms = 1000.0 * result.timings["total"]
-                row = (device.type, prior_name, str(batch), f"{ms:.0f}",
-                       f"{ms / iterations:.1f}", f"{ms / iterations / batch:.2f}",
+                row = (device.type, term_name, prior_name, str(batch), f"{build_ms:.0f}",
+                       f"{ms:.0f}", f"{ms / iterations:.1f}", f"{ms / iterations / batch:.2f}",
                        f"{peak_memory_mb(device):.0f}")
                 print("| " + " | ".join(row) + " |", flush=True)
 
