@@ -72,7 +72,8 @@ def fit_config(preset_name: str | FitConfig = "refine", **overrides: Any) -> Fit
             ``data_weight``, ``pose_prior_weight``, ``shape_prior_weight``, ...): a single value
             applies to every stage, a list or tuple gives one value per stage; and
             :class:`FitConfig` fields (``focal_length``, ``term_weights``, ``term_options``,
-            ``divergence_factor``).
+            ``divergence_factor``); ``term_weights`` and ``term_options`` update the preset's
+            per-term entries rather than replace them all.
     Raises:
         FitInputError: unknown preset or setting, or a per-stage list of the wrong length.
     """
@@ -108,6 +109,9 @@ def fit_config(preset_name: str | FitConfig = "refine", **overrides: Any) -> Fit
         except (TypeError, ValueError) as error:
             raise FitInputError(f"{key}={value!r}: {error}") from None
     changes = {key: overrides[key] for key in overrides if key in FIT_SETTINGS}
+    for key in ("term_weights", "term_options"):
+        if key in changes:
+            changes[key] = {**getattr(config, key), **changes[key]}
     return dataclasses.replace(config, stages=tuple(stages), **changes)
 
 

@@ -12,6 +12,7 @@ import torch
 import fitkit
 from fitkit.api import FitInputError, fit_config
 from fitkit.eval import mpjpe
+from fitkit.fitting import preset
 from fitkit.io import read_params
 from fitkit.synth import SynthConfig, generate_dataset
 
@@ -118,7 +119,7 @@ def test_config_overrides_apply_to_every_stage_or_per_stage() -> None:
                         term_weights={"keypoints": 2.0})
     assert [stage.iterations for stage in config.stages] == [7, 7]
     assert [stage.pose_prior_weight for stage in config.stages] == [0.0, 2.0]
-    assert config.term_weights == {"keypoints": 2.0}
+    assert config.term_weights == {**preset("refine").term_weights, "keypoints": 2.0}
     with pytest.raises(FitInputError, match="one value per stage"):
         fit_config("refine", lr=[0.1, 0.2, 0.3])
     with pytest.raises(FitInputError, match="unknown preset 'fast'.*refine, spin"):

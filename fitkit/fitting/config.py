@@ -22,8 +22,12 @@ Presets (``PRESETS``, :func:`preset`):
 - ``refine``: seed 003 §4.1's modification of SPIN's SMPLify: no bending and no depth prior
   term, the full image with focal length ``sqrt(w^2 + h^2)``, and the reprojection term scaled
   by the person's size (residuals in pixels of a 224-pixel crop around the person, see
-  :mod:`fitkit.terms.keypoints`). The seed's extra data multiplier for OpenPose did not survive
-  its text extraction; ``term_weights`` keeps 1, which reproduces SPIN's balance on crops.
+  :mod:`fitkit.terms.keypoints`). The seed's extra data multipliers did not survive its text
+  extraction. Keypoints keep 1, SPIN's balance on crops, meant for detected (noisy) keypoints.
+  The dense terms (``densepose``, ``flow``) weigh 10: chosen on a synthetic validation set
+  (50 images, seed 7, GMM, weights 1/3/10/30), where 10 was best for both; a mean over
+  thousands of dense targets is far less noisy than 25 keypoints, so it earns more weight.
+  docs/results.md has the sweep.
 """
 
 from __future__ import annotations
@@ -191,6 +195,7 @@ PRESETS: dict[str, FitConfig] = {
             shape_prior_weight=[0.0, 5.0],
         ),
         focal_length=None,
+        term_weights={"densepose": 10.0, "flow": 10.0},
         term_options={"keypoints": {"rho": 100.0, "crop_size": 224.0}},
     ),
 }
