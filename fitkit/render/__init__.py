@@ -28,7 +28,7 @@ from fitkit.render.maps import (
     vertex_normals,
 )
 from fitkit.render.rasterize import BACKENDS, Rasterizer, rasterize
-from fitkit.render.shade import grid, shade, to_uint8
+from fitkit.render.shade import flow_colors, grid, hsv_to_rgb, shade, to_uint8
 
 __all__ = [
     "BACKENDS",
@@ -38,7 +38,9 @@ __all__ = [
     "VertexValues",
     "depth_map",
     "face_normals",
+    "flow_colors",
     "grid",
+    "hsv_to_rgb",
     "interpolate",
     "interpolate_corners",
     "mask_map",

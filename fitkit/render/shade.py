@@ -62,6 +62,41 @@ def shade(
     return rgb * weight + background * (1 - weight)
 
 
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """``(..., 3)`` HSV in [0, 1] -> ``(..., 3)`` RGB in [0, 1]."""
+    h, s, v = hsv.unbind(-1)
+    k = torch.stack([torch.full_like(h, n) for n in (5.0, 3.0, 1.0)], -1)
+    k = (k + h[..., None] * 6.0) % 6.0
+    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return v[..., None] - v[..., None] * s[..., None] * ramp
+
+
+def flow_colors(field: Tensor, mask: Tensor | None = None, scale: float | None = None,
+                background: float = 1.0) -> Tensor:
+    """Colour-code displacement fields: hue = direction, saturation = length, white = none.
+
+    Directions: ``+u`` (right) red, ``+v`` (down) yellow-green, ``-u`` cyan, ``-v`` violet.
+
+    Args:
+        field: ``(B, 2, H, W)`` displacements ``(du, dv)``.
+        mask: ``(B, H, W)`` bool; pixels outside get ``background``.
+        scale: the length drawn fully saturated; default the largest length in ``field``.
+        background: grey level of masked-out pixels.
+    Returns:
+        ``(B, H, W, 3)`` RGB in [0, 1].
+    """
+    du, dv = field[:, 0], field[:, 1]
+    length = torch.sqrt(du.square() + dv.square())
+    if scale is None:
+        scale = float(length.max()) if length.numel() else 1.0
+    hue = (torch.atan2(dv, du) / (2.0 * torch.pi)) % 1.0
+    saturation = (length / max(scale, 1e-9)).clamp(0.0, 1.0)
+    rgb = hsv_to_rgb(torch.stack([hue, saturation, torch.ones_like(hue)], dim=-1))
+    if mask is not None:
+        rgb = torch.where(mask[..., None], rgb, torch.full_like(rgb, background))
+    return rgb
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """``(..., H, W, 3)`` float images in [0, 1] → uint8 on the CPU, ready for ``PIL.Image``."""
     return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()

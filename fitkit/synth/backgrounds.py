@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fitkit.synth.textures import _hsv_to_rgb
+from fitkit.render.shade import hsv_to_rgb
 
 
 def random_background(height: int, width: int, generator: torch.Generator) -> Tensor:
@@ -31,7 +31,7 @@ def random_background(height: int, width: int, generator: torch.Generator) -> Te
     hsv = torch.rand(2, 3, generator=generator)
     hsv[:, 1] *= 0.6
     hsv[:, 2] = 0.25 + 0.7 * hsv[:, 2]
-    colours = _hsv_to_rgb(hsv)  # (2, 3)
+    colours = hsv_to_rgb(hsv)  # (2, 3)
     angle = 2.0 * math.pi * float(torch.rand((), generator=generator))
     ramp = xs * math.cos(angle) + ys * math.sin(angle)
     ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min()).clamp(min=1e-6)
@@ -57,7 +57,7 @@ def random_background(height: int, width: int, generator: torch.Generator) -> Te
             inside = (dx.abs() <= 1.0) & (dy.abs() <= 1.0)
         else:
             inside = dx**2 + dy**2 <= 1.0
-        colour = _hsv_to_rgb(torch.tensor([h, 0.7 * s, 0.15 + 0.8 * v]))
+        colour = hsv_to_rgb(torch.tensor([h, 0.7 * s, 0.15 + 0.8 * v]))
         weight = (0.4 + 0.6 * alpha) * inside.float()
         patch = image[:, rows, cols]
         image[:, rows, cols] = patch * (1.0 - weight) + colour[:, None, None] * weight

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fitkit.render.shade import hsv_to_rgb
+
 SKIN, SHIRT, SLEEVE, TROUSERS, TROUSER_LEG, SHOES, HAIR = range(7)
 """Garment regions. ``SLEEVE`` (lower arms) and ``TROUSER_LEG`` (lower legs) become skin for
 short sleeves and shorts."""
@@ -167,15 +169,6 @@ _HAIR_COLOURS = torch.tensor(
 )
 
 
-def _hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """``(..., 3)`` HSV in [0, 1] -> RGB in [0, 1]."""
-    h, s, v = hsv.unbind(-1)
-    k = torch.stack([torch.full_like(h, n) for n in (5.0, 3.0, 1.0)], -1)
-    k = (k + h[..., None] * 6.0) % 6.0
-    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    return v[..., None] - v[..., None] * s[..., None] * ramp
-
-
 def _pick(palette: Tensor, generator: torch.Generator, jitter: float) -> Tensor:
     """A palette colour with per-channel jitter -> (3,)."""
     index = int(torch.randint(palette.shape[0], (1,), generator=generator))
@@ -186,7 +179,7 @@ def _pick(palette: Tensor, generator: torch.Generator, jitter: float) -> Tensor:
 def _random_colour(generator: torch.Generator) -> Tensor:
     """A clothing colour: any hue, mostly mid saturation and value -> (3,)."""
     h, s, v = torch.rand(3, generator=generator)
-    return _hsv_to_rgb(torch.stack([h, 0.15 + 0.7 * s, 0.2 + 0.75 * v]))
+    return hsv_to_rgb(torch.stack([h, 0.15 + 0.7 * s, 0.2 + 0.75 * v]))
 
 
 def _pattern(size: int, generator: torch.Generator) -> Tensor:
