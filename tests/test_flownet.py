@@ -253,3 +253,19 @@ def test_the_cli_names_a_bad_checkpoint_to_resume_from(tmp_path):
         train_main(["flow", "--out", str(junk), "--resume", "--steps", "1"])
     with pytest.raises(SystemExit, match="no checkpoint at .*absent.pt"):
         train_main(["flow", "--out", str(tmp_path / "absent.pt"), "--resume", "--steps", "1"])
+
+
+def test_the_cosine_schedule_anneals_to_zero_and_resume_checks_it(body, tmp_path):
+    from fitkit.train.flow import learning_rate
+
+    assert learning_rate(1e-3, 0, 100, "cosine") == pytest.approx(1e-3)
+    assert learning_rate(1e-3, 50, 100, "cosine") == pytest.approx(5e-4)
+    assert learning_rate(1e-3, 100, 100, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(1e-3, 70, 100, "constant") == 1e-3
+    config = dataclasses.replace(TINY, width=8, stacks=1, depth=2)
+    kwargs = dict(config=config, batch_size=1, lr=1e-3, val_size=0, body=body, progress=False)
+    train_flow(tmp_path / "run.pt", steps=1, schedule="cosine", **kwargs)
+    with pytest.raises(ValueError, match="schedule"):
+        train_flow(tmp_path / "run.pt", steps=2, resume=True, **kwargs)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        train_flow(tmp_path / "other.pt", steps=1, schedule="step", **kwargs)

@@ -229,9 +229,26 @@ def evaluate(net: FlowNet, batches: list[FlowBatch], device: torch.device | str
     return total / max(pixels, 1.0), baseline / max(pixels, 1.0)
 
 
+SCHEDULES = ("constant", "cosine")
+"""Learning-rate schedules of :func:`train_flow`."""
+
+
+def learning_rate(lr: float, step: int, steps: int, schedule: str) -> float:
+    """The learning rate of optimization step ``step`` (0-based) of ``steps``.
+
+    Args:
+        lr: the base (largest) rate.
+        step, steps: the step and the run's total.
+        schedule: one of :data:`SCHEDULES`.
+    """
+    if schedule == "cosine":
+        return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+    return lr
+
+
 def _settings_mismatch(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    return [f"{key}: checkpoint {saved.get(key)!r}, given {value!r}"
-            for key, value in given.items() if saved.get(key) != value]
+    return [f"{key}: checkpoint {saved.get(key)!r}, given {given.get(key)!r}"
+            for key in sorted(set(saved) | set(given)) if saved.get(key) != given.get(key)]
 
 
 def train_flow(
@@ -251,6 +268,7 @@ def train_flow(
     body: BodyModel | str = "open",
     augment: FlowAugment | None = None,
     progress: bool = True,
+    schedule: str = "constant",
 ) -> FlowNet:
     """Train a displacement network with Adam on on-the-fly batches (see the module doc).
 
@@ -272,12 +290,18 @@ def train_flow(
             body).
         augment: initial-estimate mixture and augmentations.
         progress: show a tqdm bar and validation lines.
+        schedule: ``"constant"`` learning rate, or ``"cosine"``: ``lr`` annealed to 0 over
+            ``steps`` (a function of the step alone, so resume needs no scheduler state).
     Returns:
         The trained network (eval mode).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     augment = augment or FlowAugment()
     settings = {"seed": seed, "batch_size": batch_size, "lr": lr,
                 "augment": dataclasses.asdict(augment)}
+    if schedule != "constant":  # older checkpoints have no such field: they ran constant
+        settings["schedule"] = schedule
     state = None
     if resume:
         if not Path(out).is_file():
@@ -325,6 +349,8 @@ def train_flow(
     step = start
     for step, batch in enumerate(bar, start=start + 1):
         batch = batch.to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(lr, step - 1, steps, schedule)
         with autocast:
             predictions = net(batch.image, batch.renders)
         loss = flow_loss(predictions.float(), batch.target, batch.mask)
@@ -366,6 +392,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="total steps (default 20000)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2.5e-4, help="Adam learning rate")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="learning-rate schedule (cosine: annealed to 0 over --steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
@@ -386,7 +414,8 @@ def _run(args: argparse.Namespace) -> None:
     try:
         train_flow(args.out, config, args.steps, args.batch_size, args.lr, args.seed,
                    args.device, args.resume, args.checkpoint_every, args.val_every,
-                   args.val_size, args.workers, args.amp, args.body)
+                   args.val_size, args.workers, args.amp, args.body,
+                   schedule=args.schedule)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"python -m fitkit.train flow: error: {error}") from error
 
