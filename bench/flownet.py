@@ -2,6 +2,7 @@
 
     python bench/flownet.py [--size 256] [--configs paper small] [--batch-sizes 1 8]
                             [--repeats 10] [--max-seconds 20] [--threads N] [--train]
+                            [--predictor open]
 
 Prints one table: milliseconds per batch and per frame of ``FlowNet`` inference (eval mode, no
 gradients) at ``size x size`` for each named config and batch size, on the CPU (fp32) and, when
@@ -9,12 +10,18 @@ available, on CUDA (fp32 and bfloat16 autocast). ``--train`` adds the millisecon
 step (forward, loss at every stack, backward, Adam) per batch. Each figure is the median of up to
 ``--repeats`` runs after one warm-up run, fewer when a row would take longer than
 ``--max-seconds``.
+
+``--predictor NAME`` adds a second table: the whole path of ``data_term="flow"`` before the fit
+(:class:`fitkit.nets.predict.FlowPredictor` with a shipped network or checkpoint) on synthetic
+``size x size`` images, per batch and per image: texture estimation from the image, crop,
+render, network, pixel -> vertex; and the same with a given texture (no estimation).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -22,7 +29,11 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from fitkit.body import load_body
+from fitkit.geometry import Camera
 from fitkit.nets import FLOWNET_CONFIGS, FlowNet, flow_loss
+from fitkit.nets.predict import FlowPredictor
+from fitkit.synth import SynthConfig, SynthWorld
 
 
 def median_ms(fn: Callable[[], None], device: torch.device, repeats: int,
@@ -82,6 +93,29 @@ def time_training(net: FlowNet, image: torch.Tensor, renders: torch.Tensor,
     return median_ms(step, image.device, repeats, max_seconds)
 
 
+def time_predictor(name: str, device: torch.device, size: int, batch_sizes: list[int],
+                   repeats: int, max_seconds: float) -> None:
+    """Print the predictor table (module docstring) for one device."""
+    body = load_body("open", device=device)
+    predictor = FlowPredictor(name, body)
+    world = SynthWorld(body.cpu(), SynthConfig(size=size))
+    body.to(device)
+    for batch in batch_sizes:
+        sample = world.generate(0, list(range(batch)))
+        images = torch.stack([image.permute(2, 0, 1) for image in sample.images]).to(device)
+        images = images.float() / 255.0
+        camera = Camera(sample.focal_length, sample.camera_center,
+                        torch.full((batch, 2), float(size))).to(device)
+        with torch.no_grad():
+            output = body(**{key: value.to(device) for key, value in sample.init.items()})
+        texture = torch.full((3, 256, 256), 0.5, device=device)
+        runs = [functools.partial(predictor, images, output, camera, mode)
+                for mode in ("estimate", texture)]
+        estimate, given = (median_ms(run, device, repeats, max_seconds) for run in runs)
+        print(f"| {name:<14} | {device.type:<6} | {batch:>2} | {estimate:9.1f} | "
+              f"{estimate / batch:9.1f} | {given / batch:14.1f} |", flush=True)
+
+
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -95,6 +129,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
     parser.add_argument("--train", action="store_true", help="also time a training step")
+    parser.add_argument("--predictor", metavar="NET",
+                        help="also time the flow predictor with this network (e.g. open)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -135,6 +171,15 @@ def main() -> None:
                     row += f" {train_ms:14.1f} |"
                 print(row, flush=True)
         net.cpu()
+    if args.predictor:
+        print(f"\nflow predictor, {args.size} x {args.size} synthetic images")
+        print(f"| {'network':<14} | {'device':<6} | {'B':>2} | {'ms/batch':>9} | "
+              f"{'ms/image':>9} | {'given texture':>14} |")
+        print(f"|{'-' * 16}|{'-' * 8}|{'-' * 4}|{'-' * 11}|{'-' * 11}|{'-' * 16}|")
+        for device, dtype in settings:
+            if dtype is None:
+                time_predictor(args.predictor, device, args.size, args.batch_sizes,
+                               args.repeats, args.max_seconds)
 
 
 if __name__ == "__main__":

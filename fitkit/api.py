@@ -34,10 +34,12 @@ from PIL import Image
 from torch import Tensor
 
 from fitkit.body import BodyModel, load_body
-from fitkit.body.model import PARAM_SIZES
+from fitkit.body.model import PARAM_SIZES, BodyOutput
 from fitkit.fitting import PRESETS, FitConfig, FitResult, SMPLify, StageConfig, preset
 from fitkit.geometry import Camera
 from fitkit.io import CAMERA_KEYS, NoPersonError, OpenPoseError, read_openpose, read_params
+from fitkit.nets import CheckpointError, FlowNet
+from fitkit.nets.predict import TEXTURE_MODES, FlowPredictor
 from fitkit.priors import PRIORS, PosePrior
 from fitkit.priors import load as load_prior
 from fitkit.terms import TERMS, DataTerm
@@ -402,6 +404,12 @@ class Fitter:
         body: ``"open"``, a body model file or folder (:func:`fitkit.load_body`), or a
             :class:`BodyModel`.
         device: where to fit; default CUDA when available, else the CPU.
+        flow_net: for ``"flow"`` from images: the displacement network: ``"auto"`` (the
+            shipped ``"open"`` network, with texture input, when a texture is given, else
+            ``"open-notexture"``), a shipped name, a checkpoint path or a :class:`FlowNet`;
+            loaded on first use.
+        flow_rounds: for ``"flow"`` from images: predict and fit this many times, each round
+            predicting from the previous round's fit (1: predict once, from the initial bodies).
         config: ``preset`` (name or :class:`FitConfig`, default ``"refine"``) and overrides
             (:func:`fit_config`).
     Raises:
@@ -414,9 +422,13 @@ class Fitter:
         prior: str | os.PathLike | PosePrior | None = "gmm",
         body: str | os.PathLike | BodyModel = "open",
         device: torch.device | str | None = None,
+        flow_net: str | os.PathLike | FlowNet = "auto",
+        flow_rounds: int = 1,
         **config: Any,
     ) -> None:
         known = [name for name in TERM_INPUTS if name in TERMS]
+        if flow_rounds < 1:
+            raise FitInputError(f"flow_rounds must be at least 1, got {flow_rounds}")
         if data_term not in known:
             raise FitInputError(f"unknown data term {data_term!r}; known data terms: "
                                 f"{', '.join(known)}")
@@ -429,6 +441,87 @@ class Fitter:
             self.body = load_body(body, device=self.device)
         self.prior = resolve_prior(prior)
         self.smplify = SMPLify(self.body, self.prior, self.config)
+        self.flow_net = flow_net
+        self.flow_rounds = flow_rounds
+        self._predictors: dict[str, FlowPredictor] = {}
+
+    def predictor(self, texture: str | Tensor | None = None) -> FlowPredictor:
+        """The displacement network behind ``"flow"`` from images (loaded on first use): the
+        fitter's ``flow_net``, or for ``"auto"`` the shipped ``"open"`` network when a texture
+        (or a texture mode) is given and ``"open-notexture"`` when ``texture`` is ``None``.
+
+        Raises:
+            FitInputError: a missing or unreadable checkpoint (named).
+        """
+        net = self.flow_net
+        if isinstance(net, str) and net == "auto":
+            net = "open-notexture" if texture is None else "open"
+        key = str(id(net)) if isinstance(net, FlowNet) else str(net)
+        if key not in self._predictors:
+            try:
+                self._predictors[key] = FlowPredictor(net, self.body)
+            except (FileNotFoundError, CheckpointError, ValueError) as error:
+                raise FitInputError(f"flow_net: {error}") from None
+        return self._predictors[key]
+
+    def predict_flow(
+        self,
+        images: Sequence[np.ndarray],
+        camera: Camera,
+        init: Mapping[str, Tensor],
+        texture: str | Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Per-vertex flow targets predicted by the displacement network (:meth:`predictor`).
+
+        Images of different sizes are predicted size by size (``"other"`` then takes the next
+        image of the same size).
+
+        Args:
+            images: B ``(H, W, 3)`` uint8 RGB images.
+            camera: their B cameras (on the fitter's device).
+            init: the initial parameters (all of ``global_orient``, ``body_pose``, ``betas``,
+                ``transl``), ``(B, ...)`` tensors on the device.
+            texture: ``None`` (none known: a network with texture input then estimates it),
+                ``"estimate"`` (from each image alone), ``"other"`` (the next image's estimate,
+                an ablation) or a ``(B, 3, T, T)`` / ``(3, T, T)`` texture in [0, 1].
+        Returns:
+            ``{"targets": (B, V, 2), "visible": (B, V)}``, the flow term's per-vertex form.
+        Raises:
+            FitInputError: missing initial parameters, a bad texture or checkpoint.
+        """
+        missing = [key for key in PARAM_SIZES if key not in init]
+        if missing:
+            raise FitInputError("data_term='flow' from images needs initial parameters to "
+                                f"render (init=...; missing {', '.join(missing)})")
+        if isinstance(texture, str) and texture not in TEXTURE_MODES or not (
+                texture is None or isinstance(texture, str | Tensor)):
+            raise FitInputError(f"unknown texture {texture!r}; give one of "
+                                f"{', '.join(TEXTURE_MODES)} or a (B, 3, T, T) tensor")
+        predictor = self.predictor(texture)
+        if texture is None:
+            texture = "estimate"
+        with torch.no_grad():
+            output = self.body(**{key: init[key] for key in PARAM_SIZES})
+        batch, count = output.vertices.shape[:2]
+        targets = output.vertices.new_zeros(batch, count, 2)
+        visible = torch.zeros(batch, count, dtype=torch.bool, device=self.device)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(index)
+        for indices in groups.values():  # one prediction per image size
+            rows = torch.tensor(indices, device=self.device)
+            pixels = torch.as_tensor(np.stack([images[i] for i in indices]))
+            pixels = pixels.to(self.device, self.body.dtype).permute(0, 3, 1, 2) / 255.0
+            part = BodyOutput(output.vertices[rows], output.joints[rows], output.selector)
+            source = texture
+            if isinstance(texture, Tensor) and texture.ndim == 4:
+                source = texture[rows.to(texture.device)]
+            try:
+                prediction = predictor(pixels, part, camera[rows], source)
+            except ValueError as error:
+                raise FitInputError(f"flow prediction: {error}") from None
+            targets[rows], visible[rows] = prediction.targets, prediction.visible
+        return {"targets": targets, "visible": visible}
 
     def build_term(self, camera: Camera, init: Mapping[str, Tensor], **inputs: Any) -> DataTerm:
         """The data term of a batch from its input (already read, on the device).
@@ -470,16 +563,26 @@ class Fitter:
             init: initial parameters ``(B, ...)`` (:func:`read_init`), any subset.
             camera: B cameras, or ``None`` for :func:`make_camera`.
             inputs: the data term's input (``keypoints`` ``(B, 25, 3)``, ``iuv``
-                ``(B, H, W, 3)`` uint8, or ``displacements``).
+                ``(B, H, W, 3)`` uint8, or ``displacements``); for ``"flow"``, ``images``
+                (B ``(H, W, 3)`` uint8 arrays) instead of ``displacements`` predicts them
+                with the displacement network, with ``texture`` (see :meth:`predict_flow`) and
+                optionally ``usable`` ``(B,)`` bool (samples without a usable image get no
+                targets and are flagged ``no_data``).
         Raises:
             FitInputError: a missing input or batch sizes that disagree.
         """
         name = TERM_INPUTS[self.data_term]
+        images = inputs.pop("images", None)
+        texture = inputs.pop("texture", None)
+        usable = inputs.pop("usable", None)
+        predict = self.data_term == "flow" and inputs.get(name) is None and images is not None
+        if predict:
+            inputs[name] = {"images": images}
         if inputs.get(name) is None:
             raise FitInputError(f"data_term={self.data_term!r} needs {name}=...")
         init = dict(init or {})
         value = inputs[name]
-        count = len(value["targets"]) if isinstance(value, Mapping) else len(value)
+        count = len(next(iter(value.values()))) if isinstance(value, Mapping) else len(value)
         batch = {"images": len(sizes), name: count}
         init_sizes = {key: len(value) for key, value in init.items()}
         if len(set(init_sizes.values())) == 1:
@@ -498,14 +601,34 @@ class Fitter:
         like = {"device": self.device, "dtype": self.body.dtype}
         params = {key: torch.as_tensor(init[key]).to(**like) for key in PARAM_SIZES if key in init}
         data = inputs[name]
+        if predict:
+            return self._fit_predicted(images, camera, params, texture, usable)
+        start = time.perf_counter()
         if isinstance(data, Mapping):
             data = {key: _to(value, **like) for key, value in data.items()}
         else:
             data = _to(data, **like)
-        start = time.perf_counter()
         term = self.build_term(camera, params, **{name: data})
         built = time.perf_counter() - start
         result = self.smplify.fit({self.data_term: term}, camera, params)
+        result.timings["data_term"] = built
+        return result
+
+    def _fit_predicted(self, images: Sequence[np.ndarray], camera: Camera,
+                       params: dict[str, Tensor], texture: str | Tensor | None,
+                       usable: Any = None) -> FitResult:
+        """``flow_rounds`` rounds of predicting flow targets and fitting them."""
+        built = 0.0
+        for _ in range(self.flow_rounds):
+            start = time.perf_counter()
+            targets = self.predict_flow(images, camera, params, texture)
+            if usable is not None:
+                keep = torch.as_tensor(usable, dtype=torch.bool, device=self.device)
+                targets["visible"] = targets["visible"] & keep[:, None]
+            term = self.build_term(camera, params, displacements=targets)
+            built += time.perf_counter() - start
+            result = self.smplify.fit({self.data_term: term}, camera, params)
+            params = {key: result.params[key] for key in PARAM_SIZES}
         result.timings["data_term"] = built
         return result
 
@@ -551,13 +674,18 @@ def fit(
     body: str | os.PathLike | BodyModel = "open",
     camera: Camera | None = None,
     device: torch.device | str | None = None,
+    flow_net: str | os.PathLike | FlowNet = "auto",
+    texture: str | Tensor | None = None,
+    flow_rounds: int = 1,
     **config: Any,
 ) -> FitResult:
     """Fit the body model to a batch of images.
 
     Args:
         images: the images (a path, a list of paths, ``(H, W, 3)`` / ``(B, H, W, 3)`` uint8 or
-            float arrays or tensors); only their size is used. ``None`` when ``camera`` is given.
+            float arrays or tensors); their pixels are read for ``"flow"`` without
+            ``displacements``, otherwise only their size is used. ``None`` when ``camera`` is
+            given (and displacements or another term's input are).
         init: initial parameters: a parameter ``.npz`` (``docs/formats.md``; rows picked by
             image name when ``images`` are paths), a dict of arrays or tensors, a
             :class:`FitResult`, or ``None`` (upright body facing the camera, translation from
@@ -567,11 +695,22 @@ def fit(
         keypoints: for ``"keypoints"``: ``(B, 25, 3)`` array or tensor, or OpenPose JSON path(s).
         iuv: for ``"densepose"``: ``(B, H, W, 3)`` uint8 ``(I, U, V)`` or ``*_IUV.png`` path(s).
         displacements: for ``"flow"``: ``(B, 2, H, W)`` pixel displacements from a render of
-            the initial bodies to the image.
+            the initial bodies to the image, or per-vertex targets (:func:`read_displacements`);
+            ``None`` predicts them from the images with ``flow_net`` (``init`` required).
         body: ``"open"``, a body model file or folder, or a :class:`BodyModel`.
         camera: B cameras; default from the init's ``focal_length`` and ``camera_center``, else
             the preset's default for the image size.
         device: where to fit; default CUDA when available, else the CPU.
+        flow_net: the displacement network for predicted flow: ``"auto"`` (default: the
+            shipped ``"open"`` network, with texture input, when ``texture`` is given, else the
+            shipped ``"open-notexture"``), a shipped name, a checkpoint path or a
+            :class:`FlowNet`.
+        texture: the subject's texture, for a network with texture input: a ``(B, 3, T, T)`` /
+            ``(3, T, T)`` RGB UV texture in [0, 1] (e.g. estimated over many frames with
+            :func:`fitkit.texture.estimate_texture`), ``"estimate"`` (back-projected from each
+            image alone at its initial body), ``"other"`` (the next image's estimate; an
+            ablation), or ``None`` (none known).
+        flow_rounds: predicted flow: rounds of predicting (from the latest fit) and fitting.
         config: ``preset`` (``"refine"`` default, ``"spin"``, or a :class:`FitConfig`) and
             overrides, e.g. ``iterations=50``, ``lr=0.02``, ``optimizer="lbfgs"``,
             ``pose_prior_weight=[0, 3]``, ``term_weights={"keypoints": 2}`` (:func:`fit_config`).
@@ -585,10 +724,15 @@ def fit(
         fitkit.io.OpenPoseError, fitkit.io.ParamsFileError: malformed files.
     """
     start = time.perf_counter()
-    fitter = Fitter(data_term, prior, body, device, **config)
+    fitter = Fitter(data_term, prior, body, device, flow_net=flow_net, flow_rounds=flow_rounds,
+                    **config)
     name = TERM_INPUTS[data_term]
     given = {"keypoints": keypoints, "iuv": iuv, "displacements": displacements}
-    if given[name] is None:
+    predict = data_term == "flow" and displacements is None
+    if predict and images is None:
+        raise FitInputError("data_term='flow' needs displacements=... or images to predict "
+                            "them from")
+    if given[name] is None and not predict:
         raise FitInputError(f"data_term={data_term!r} needs {name}=...")
     if images is None:
         if camera is None:
@@ -599,13 +743,16 @@ def fit(
     paths = _paths(images)
     names = [path.stem for path in paths] if paths is not None else None
     params = read_init(init, sizes, names)
+    inputs: dict[str, Any] = {}
     if name == "keypoints":
-        data = read_keypoints(keypoints)
+        inputs[name] = read_keypoints(keypoints)
     elif name == "iuv":
-        data = read_iuv(iuv)
+        inputs[name] = read_iuv(iuv)
+    elif predict:
+        inputs |= {"images": read_images(images), "texture": texture}
     else:
-        data = read_displacements(displacements)
+        inputs[name] = read_displacements(displacements)
     loaded = time.perf_counter() - start
-    result = fitter(sizes, params, camera, **{name: data})
+    result = fitter(sizes, params, camera, **inputs)
     result.timings["setup"] = loaded
     return result

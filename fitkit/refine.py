@@ -3,7 +3,8 @@
 Example::
 
     python -m fitkit.refine --input data/synth --output out/kp --prior gmm --data-term keypoints
-    python -m fitkit.refine --input data/synth --output out/flow --data-term flow --flow exact
+    python -m fitkit.refine --input data/synth --output out/flow --data-term flow
+    python -m fitkit.refine --input data/synth --output out/flow_ub --data-term flow --flow exact
 
 The dataset folder is DESIGN.md's (what ``python -m fitkit.synth`` writes): ``init.npz`` (the
 rows to refine, in order), ``images/NAME.png|jpg``, ``keypoints/NAME_keypoints.json``,
@@ -41,20 +42,31 @@ from PIL import Image
 from tqdm import tqdm
 
 from fitkit import terms
-from fitkit.api import TERM_INPUTS, FitInputError, Fitter, image_sizes, read_iuv, read_keypoints
+from fitkit.api import (
+    TERM_INPUTS,
+    FitInputError,
+    Fitter,
+    image_sizes,
+    read_images,
+    read_iuv,
+    read_keypoints,
+)
 from fitkit.body.model import PARAM_SIZES
 from fitkit.eval import body_metrics
 from fitkit.fitting import FitResult
 from fitkit.geometry import Camera
 from fitkit.io import CAMERA_KEYS, ParamsFileError, read_params, write_params
+from fitkit.nets.predict import TEXTURE_MODES
 from fitkit.viz import compare
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 METRICS = ("mpjpe", "pa_mpjpe", "pve", "pa_pve")
 """Metrics of ``metrics.json`` (mm)."""
 
-FLOW_SOURCES = ("exact",)
-"""Displacement sources for ``--data-term flow``: ``exact`` is the true field from ``gt.npz``."""
+FLOW_SOURCES = ("predicted", "exact")
+"""Displacement sources for ``--data-term flow``: ``predicted`` by the displacement network
+(``--flow-net``; by default a shipped one) from each image and its initial body; ``exact``, the
+true field from ``gt.npz`` (the upper bound)."""
 
 OUTPUT_FILES = ("parts", "overlays", "progress.json", "results.npz", "metrics.json")
 
@@ -218,7 +230,8 @@ def _write_progress(output: Path, settings: dict, completed: list[str]) -> None:
 
 
 def _batch_inputs(
-    dataset: Dataset, names: list[str], data_term: str, fitter: Fitter, errors: list[str]
+    dataset: Dataset, names: list[str], data_term: str, fitter: Fitter, errors: list[str],
+    flow: str = "predicted", texture: str | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
     """Sizes, initial parameters and the data term's input of one batch; per-sample problems go
     to ``errors`` and blank that sample's input."""
@@ -232,13 +245,74 @@ def _batch_inputs(
     elif data_term == "densepose":
         paths = [dataset.root / "densepose" / f"{name}_IUV.png" for name in names]
         data = read_iuv(paths, errors)
-    else:
+    elif flow == "exact":
         data = exact_displacements(fitter, init, dataset.rows(names, "gt"), sizes)
+    else:
+        data = predicted_inputs(dataset, names, fitter, errors, texture)
     bad = np.array([bool(message) for message in errors])
-    if bad.any():  # no usable observation: NaN keypoints or displacements, empty IUV images
+    if isinstance(data, dict):  # images to predict from: the bad ones get no targets
+        data["usable"] = ~bad
+    elif bad.any():  # no usable observation: NaN keypoints or displacements, empty IUV images
         data = np.array(data, copy=True)
         data[bad] = np.nan if data.dtype.kind == "f" else 0
     return sizes, init, data
+
+
+def predicted_inputs(
+    dataset: Dataset,
+    names: list[str],
+    fitter: Fitter,
+    errors: list[str],
+    texture: str | None = None,
+) -> dict[str, Any]:
+    """What :meth:`fitkit.api.Fitter.fit` needs to predict flow: the images (an unreadable one
+    is blank and its message goes to ``errors``) and the texture source.
+
+    Args:
+        texture: ``None``, ``estimate``, ``other`` (:data:`fitkit.nets.predict.TEXTURE_MODES`)
+            or a folder of UV textures ``NAME.png`` (RGB, square, one size), one per image.
+    Returns:
+        ``{"images": B (H, W, 3) uint8 arrays, "texture": mode or (B, 3, T, T) tensor}``.
+    Raises:
+        FitInputError: textures of different sizes, a bad network checkpoint.
+    """
+    images = []
+    for index, name in enumerate(names):
+        try:
+            images += read_images(dataset.image_path(name))
+        except (FileNotFoundError, FitInputError) as error:
+            errors[index] = errors[index] or str(error)
+            images.append(None)
+    shape = next((image.shape for image in images if image is not None), (64, 64, 3))
+    images = [image if image is not None else np.zeros(shape, np.uint8) for image in images]
+    source: str | torch.Tensor | None = texture
+    if texture not in (None, *TEXTURE_MODES) and fitter.predictor(texture).uses_texture:
+        source = read_textures(Path(texture), names, errors).to(fitter.device, fitter.body.dtype)
+    return {"images": images, "texture": source}
+
+
+def read_textures(folder: Path, names: list[str], errors: list[str]) -> torch.Tensor:
+    """``(B, 3, T, T)`` RGB textures in [0, 1] from ``folder/NAME.png``; a missing or unreadable
+    one is grey and its message goes to ``errors``.
+
+    Raises:
+        FitInputError: textures that are not square or not of one size.
+    """
+    textures: list[np.ndarray | None] = []
+    for index, name in enumerate(names):
+        try:
+            textures += read_images(folder / f"{name}.png")
+        except (FileNotFoundError, FitInputError) as error:
+            errors[index] = errors[index] or f"texture: {error}"
+            textures.append(None)
+    shapes = {texture.shape for texture in textures if texture is not None}
+    if len(shapes) > 1 or any(shape[0] != shape[1] for shape in shapes):
+        raise FitInputError(f"textures in {folder} must be square and of one size, got "
+                            f"{sorted(shape[:2] for shape in shapes)}")
+    shape = shapes.pop() if shapes else (64, 64, 3)
+    stack = np.stack([texture if texture is not None else np.full(shape, 128, np.uint8)
+                      for texture in textures])
+    return torch.as_tensor(stack).permute(0, 3, 1, 2).float() / 255.0
 
 
 def exact_displacements(
@@ -422,6 +496,9 @@ def refine_dataset(
     prior: str = "gmm",
     data_term: str = "keypoints",
     flow: str | None = None,
+    flow_net: str = "auto",
+    texture: str | None = None,
+    flow_rounds: int = 1,
     device: str | None = None,
     batch_size: int = 32,
     resume: bool = False,
@@ -438,7 +515,15 @@ def refine_dataset(
     Args:
         input, output: dataset and output folders.
         prior: pose prior name or path; data_term: ``keypoints``, ``densepose`` or ``flow``.
-        flow: displacement source for ``flow``: ``"exact"`` (the true field from ``gt.npz``).
+        flow: displacement source for ``flow``: ``"predicted"`` (default) or ``"exact"`` (the
+            true field from ``gt.npz``), :data:`FLOW_SOURCES`.
+        flow_net: the displacement network for predicted flow: ``auto`` (``open`` when a
+            texture is given, else ``open-notexture``), a shipped name or a checkpoint path.
+        texture: the subjects' textures, for a network with texture input: a folder of UV
+            textures ``NAME.png`` (e.g. a synthetic dataset's ``textures/``), ``estimate``
+            (from each image alone), ``other`` (the next image's estimate; an ablation), or
+            ``None`` (none known).
+        flow_rounds: rounds of predicting flow (from the latest fit) and fitting it.
         device: default CUDA when available, else the CPU.
         batch_size: images fitted together (and written as one part).
         resume, overwrite: what to do with a non-empty output folder.
@@ -453,25 +538,35 @@ def refine_dataset(
     started = time.perf_counter()
     if data_term not in TERM_INPUTS:
         raise RefineError(f"unknown data term {data_term!r}; known: {', '.join(TERM_INPUTS)}")
-    if data_term == "flow" and flow not in FLOW_SOURCES:
-        raise RefineError("--data-term flow needs a displacement source: --flow exact (the true "
-                          "field from the dataset's gt.npz, the upper-bound experiment); "
-                          "predicting displacements with a trained network is not supported by "
-                          "refine yet")
+    if data_term == "flow":
+        flow = flow or "predicted"
+        if flow not in FLOW_SOURCES:
+            raise RefineError(f"unknown --flow {flow!r}; known: {', '.join(FLOW_SOURCES)}")
+    else:
+        flow = None
+    if (flow == "predicted" and texture is not None and texture not in TEXTURE_MODES
+            and not Path(texture).is_dir()):
+        raise RefineError(f"--texture {texture!r} is neither {' nor '.join(TEXTURE_MODES)} nor a "
+                          "folder of textures")
     if batch_size <= 0 or (limit is not None and limit <= 0) or overlays < 0:
         raise RefineError("--batch-size and --limit must be positive, --overlays >= 0")
     dataset = open_dataset(input, limit)
-    if data_term == "flow" and dataset.gt is None:
+    if flow == "exact" and dataset.gt is None:
         raise RefineError(f"--flow exact needs {Path(input) / 'gt.npz'}, which does not exist")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
-        fitter = Fitter(data_term, prior, body, device, preset=preset, **overrides)
+        fitter = Fitter(data_term, prior, body, device, flow_net=flow_net,
+                        flow_rounds=flow_rounds, preset=preset, **overrides)
+        if flow == "predicted":
+            fitter.predictor(texture)  # load the network now, so a bad one stops early
     except (FileNotFoundError, ValueError) as error:
         raise RefineError(str(error)) from None
 
     output = Path(output)
     settings = {"input": str(Path(input).resolve()), "prior": str(prior), "data_term": data_term,
                 "flow": flow, "preset": preset, "body": str(body),
+                **({"flow_net": str(flow_net), "texture": str(texture),
+                    "flow_rounds": flow_rounds} if flow == "predicted" else {}),
                 "overrides": json.loads(json.dumps(overrides, default=str))}
     part_paths = prepare_output(output, settings, resume, overwrite)
     parts = [_read_part(path) for path in part_paths]
@@ -486,8 +581,10 @@ def refine_dataset(
             names = todo[start:start + batch_size]
             errors = [""] * len(names)
             try:
-                sizes, init, data = _batch_inputs(dataset, names, data_term, fitter, errors)
-                result = fitter(sizes, init, **{TERM_INPUTS[data_term]: data})
+                sizes, init, data = _batch_inputs(dataset, names, data_term, fitter, errors,
+                                                  flow, texture)
+                inputs = data if isinstance(data, dict) else {TERM_INPUTS[data_term]: data}
+                result = fitter(sizes, init, **inputs)
             except FitInputError as error:
                 raise RefineError(str(error)) from None
             arrays = _part_arrays(names, result, errors)
@@ -524,7 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-term", default="keypoints", choices=list(TERM_INPUTS),
                         help="data term (default keypoints)")
     parser.add_argument("--flow", choices=FLOW_SOURCES,
-                        help="displacements for --data-term flow: exact (true field from gt.npz)")
+                        help="displacements for --data-term flow: predicted (default, by the "
+                        "displacement network) or exact (the true field from gt.npz)")
+    parser.add_argument("--flow-net", default="auto",
+                        help="displacement network: auto (default: open with --texture, else "
+                        "open-notexture), open, open-notexture, or a checkpoint path")
+    parser.add_argument("--texture",
+                        help="the subjects' textures, for a network with texture input: a folder "
+                        "of UV textures NAME.png, estimate (from each image alone), or other "
+                        "(the next image's estimate; ablation); default none")
+    parser.add_argument("--flow-rounds", type=int, default=1, metavar="R",
+                        help="predicted flow: R rounds of predicting from the latest fit and "
+                        "fitting (default 1)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (32)")
     parser.add_argument("--resume", action="store_true",
@@ -552,6 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = refine_dataset(
             args.input, args.output, prior=args.prior, data_term=args.data_term, flow=args.flow,
+            flow_net=args.flow_net, texture=args.texture, flow_rounds=args.flow_rounds,
             device=args.device, batch_size=args.batch_size, resume=args.resume,
             overwrite=args.overwrite, overlays=args.overlays, preset=args.preset,
             limit=args.limit, body=args.body, progress=not args.quiet,

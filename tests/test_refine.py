@@ -104,8 +104,9 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(
     err = capsys.readouterr().err
     assert "input folder not found" in err and "nowhere" in err and "Traceback" not in err
     assert main(["--input", str(dataset), "--output", str(tmp_path / "o"), "--data-term",
-                 "flow"]) == 2
-    assert "--flow exact" in capsys.readouterr().err
+                 "flow", "--flow-net", str(tmp_path / "absent.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "displacement network not found" in err and "absent.pt" in err
     data = copy_dataset(dataset, tmp_path)
     (data / "init.npz").write_bytes(b"not a zip")
     assert main(["--input", str(data), "--output", str(tmp_path / "o")]) == 2
