@@ -226,14 +226,14 @@ def test_bad_arguments_are_argparse_errors(argv, message, tmp_path, capsys):
 def test_unwritable_folder_and_clashing_settings_are_reported(exact, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert main(["--out", str(blocker / "data"), "--num", "1", "--quiet"]) == 1
+    assert main(["--out", str(blocker / "data"), "--num", "1", "--quiet"]) == 2
     assert str(blocker / "data") in capsys.readouterr().err
     copy = tmp_path / "copy"
     shutil.copytree(exact, copy)
     argv = ["--out", str(copy), "--num", "1", "--size", str(SIZE), "--seed", str(SEED + 1),
             "--keypoint-noise", "none", "--set", "texture_size=128", "--quiet"]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "seed" in capsys.readouterr().err
     missing = tmp_path / "no_body.npz"
-    assert main(["--out", str(tmp_path / "x"), "--num", "1", "--body", str(missing)]) == 1
+    assert main(["--out", str(tmp_path / "x"), "--num", "1", "--body", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err

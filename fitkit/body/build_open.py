@@ -26,6 +26,7 @@ from fitkit.body import _build_anny, _build_parts
 from fitkit.body._build_mesh import skin_surface
 from fitkit.body._decimate import decimate
 from fitkit.body.keypoints import SMPL_JOINT_NAMES, SMPL_PARENTS
+from fitkit.io.runs import atomic_write
 
 NUM_SAMPLES = 1000
 NUM_BETAS = 10
@@ -209,8 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.time()
     arrays, summary = build(args.samples, args.seed, args.vertices)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **arrays)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as file:  # a file, not a name: numpy would append ".npz"
+            np.savez_compressed(file, **arrays)
+
+    atomic_write(args.out, write)
     for key, value in summary.items():
         print(f"{key}: {value}")
     print(f"wrote {args.out} in {time.time() - start:.0f} s")

@@ -1,18 +1,29 @@
 """fitkit.nets: networks, built from fitkit's own modules (no torchvision).
 
 The displacement network of seed 003 (:class:`FlowNet`): image and renders of the current mesh
-in, per-pixel 2D displacements from the render to the image out; its loss, ground truth, render
-inputs and checkpoints.
+in, per-pixel 2D displacements from the render to the image out; its loss, render inputs and
+checkpoints (its ground truth is :func:`fitkit.render.displacement_field`). One checkpoint
+format holds every registered kind of network (:func:`save_network`, :func:`load_network`,
+:func:`register_network`).
 """
 
-from fitkit.nets.checkpoint import CheckpointError, load_flownet, read_checkpoint, save_flownet
+from fitkit.nets.checkpoint import (
+    NETWORK_KINDS,
+    CheckpointError,
+    NetworkKind,
+    load_flownet,
+    load_network,
+    read_checkpoint,
+    register_network,
+    save_flownet,
+    save_network,
+)
 from fitkit.nets.flownet import (
     FLOWNET_CONFIGS,
     FlowNet,
     FlowNetConfig,
     RenderInputs,
     body_render_inputs,
-    displacement_targets,
     flow_loss,
     masked_epe,
     normalize_renders,
@@ -22,18 +33,22 @@ from fitkit.nets.flownet import (
 
 __all__ = [
     "FLOWNET_CONFIGS",
+    "NETWORK_KINDS",
     "CheckpointError",
     "FlowNet",
     "FlowNetConfig",
+    "NetworkKind",
     "RenderInputs",
     "body_render_inputs",
-    "displacement_targets",
     "flow_loss",
     "load_flownet",
+    "load_network",
     "masked_epe",
     "normalize_renders",
     "predict_displacements",
     "read_checkpoint",
+    "register_network",
     "render_inputs",
     "save_flownet",
+    "save_network",
 ]

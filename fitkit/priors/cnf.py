@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fitkit.geometry.rotations import matrix_to_rot6d, rot6d_to_matrix
+from fitkit.io.runs import atomic_write, write_torch
 from fitkit.priors.base import LatentPosePrior
 
 NUM_BODY_JOINTS = 23
@@ -277,9 +278,9 @@ class CNFPrior(LatentPosePrior):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"format": CNF_FORMAT, "version": CNF_VERSION, **self.config}
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().cpu().float() for k, v in self.state_dict().items()}
-        torch.save(state, folder / "weights.pt")
+        atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+        write_torch(folder / "weights.pt",
+                    {k: v.detach().cpu().float() for k, v in self.state_dict().items()})
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> CNFPrior:

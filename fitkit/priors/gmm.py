@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fitkit.io.runs import atomic_write
 from fitkit.priors.base import PosePrior
 
 GMM_KEYS: tuple[str, ...] = ("means", "covars", "weights")
@@ -86,10 +87,7 @@ class GMMPrior(PosePrior):
         """Write the official layout: latin1-readable pickle of ``means``, ``covars``, ``weights``
         as float64 NumPy arrays."""
         data = {key: getattr(self, key).detach().cpu().double().numpy() for key in GMM_KEYS}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            pickle.dump(data, f, protocol=2)
+        atomic_write(path, pickle.dumps(data, protocol=2))
 
 
 def _log_gaussians(x: torch.Tensor, means: torch.Tensor, covars: torch.Tensor) -> torch.Tensor:

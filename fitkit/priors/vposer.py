@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 
 from fitkit.geometry.rotations import rot6d_to_matrix
+from fitkit.io.runs import atomic_write, write_torch
 from fitkit.priors.base import LatentPosePrior
 
 NUM_VPOSER_JOINTS = 21
@@ -196,11 +197,11 @@ class VPoserPrior(LatentPosePrior):
             "model_params": {"num_neurons": self.model.num_neurons,
                              "latentD": self.model.latent_dim},
         }
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write(folder / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False).encode())
         state = {CHECKPOINT_PREFIX + k: v.detach().cpu()
                  for k, v in self.model.state_dict().items()}
         path = folder / "snapshots" / f"{name}_epoch={epoch:02d}.ckpt"
-        torch.save({"epoch": epoch, "state_dict": state, **(extra or {})}, path)
+        write_torch(path, {"epoch": epoch, "state_dict": state, **(extra or {})})
         return path
 
 

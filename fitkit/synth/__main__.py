@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                progress=not args.quiet)
     except SynthError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; run the same command again to resume",
               file=sys.stderr)

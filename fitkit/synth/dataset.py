@@ -13,8 +13,10 @@ Layout (DESIGN.md's dataset folder plus the generator's own files)::
 
 Samples are generated in fixed, aligned batches of :data:`BATCH_SIZE` indices (the last one
 padded), so a sample's bytes never depend on how many samples were requested or which ones an
-interrupted run had finished. Every file is written to a temporary name and renamed, so a file
-that exists is complete; a sample is done when all its files exist.
+interrupted run had finished. Every file is written atomically (:func:`fitkit.io.runs.atomic_write`:
+a temporary name renamed into place), so a file that exists is complete; a sample is done when all
+its files exist. A run resumes only with the settings it was made with (``records/settings.json``,
+compared with :func:`fitkit.io.runs.settings_difference`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ import dataclasses
 import io
 import json
 import os
-import zipfile
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,13 @@ import fitkit
 from fitkit.body import load_body
 from fitkit.io.openpose import write_openpose
 from fitkit.io.params import validate_params
+from fitkit.io.runs import (
+    atomic_write,
+    json_bytes,
+    npz_bytes,
+    remove_temporaries,
+    settings_difference,
+)
 from fitkit.synth.config import SynthConfig
 from fitkit.synth.world import PARAM_KEYS, SampleBatch, SynthWorld
 
@@ -59,35 +66,6 @@ def sample_files(out: Path, name: str) -> list[Path]:
             out / "records" / f"{name}.npz"]
 
 
-def _atomic_write(path: Path, data: bytes | Callable[[Path], None]) -> None:
-    """Write ``data`` (bytes, or a writer called with a path) to a temporary file next to
-    ``path`` (``.NAME.PID.tmp``) and rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            data(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An ``.npz`` archive as bytes, with fixed member timestamps (``np.savez`` stamps the
-    current time, so its files differ from run to run)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for key, value in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, member.getvalue())
-    return buffer.getvalue()
-
-
 def png_bytes(image: np.ndarray) -> bytes:
     """``(H, W, 3)`` uint8 RGB as PNG bytes."""
     buffer = io.BytesIO()
@@ -95,12 +73,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _json_bytes(document: object) -> bytes:
-    return (json.dumps(document, indent=1) + "\n").encode()
-
-
 def settings_document(seed: int, body: str, config: SynthConfig) -> dict:
-    """What decides a sample's bytes besides its index (compared when a run resumes)."""
+    """What decides a sample's bytes besides its index (compared when a run resumes), as plain
+    JSON values in a fixed key order (``settings.json`` and ``meta.json`` keep it)."""
     return json.loads(json.dumps({
         "generator": "fitkit.synth", "version": fitkit.__version__, "seed": seed, "body": body,
         "batch_size": BATCH_SIZE, "config": dataclasses.asdict(config),
@@ -115,9 +90,7 @@ def _prepare(out: Path, settings: dict) -> None:
                                          "records")]
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
-        for folder in (out, *folders):
-            for stale in folder.glob(".*.tmp"):
-                stale.unlink()
+        remove_temporaries(out, *folders)
         probe = out / "records" / ".write_test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -130,31 +103,33 @@ def _prepare(out: Path, settings: dict) -> None:
             previous = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise SynthError(f"{path} is unreadable ({error}); use a new folder") from None
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        if not isinstance(previous, dict):
+            raise SynthError(f"{path} is not a settings document; use a new folder")
+        changed = settings_difference(previous, settings)
+        if changed:
             raise SynthError(
                 f"{out} holds a dataset made with other settings ({', '.join(changed)} differ); "
                 "use a new folder or the same settings to resume it"
             )
     else:
-        _atomic_write(path, _json_bytes(settings))
+        atomic_write(path, json_bytes(settings))
 
 
 def write_sample(out: Path, batch: SampleBatch, row: int) -> None:
     """Write the files of sample ``row`` of ``batch``, its record last."""
     name = sample_name(batch.indices[row])
     images, keypoints, densepose, texture, record = sample_files(out, name)
-    _atomic_write(images, png_bytes(batch.images[row].numpy()))
-    _atomic_write(keypoints, lambda path: write_openpose(path, batch.keypoints[row].numpy()))
+    atomic_write(images, png_bytes(batch.images[row].numpy()))
+    atomic_write(keypoints, lambda path: write_openpose(path, batch.keypoints[row].numpy()))
     # DensePose writes its (I, U, V) array with cv2.imwrite, which stores channels as B, G, R.
-    _atomic_write(densepose, png_bytes(batch.iuv[row].flip(-1).numpy()))
-    _atomic_write(texture, png_bytes(batch.textures[row].numpy()))
+    atomic_write(densepose, png_bytes(batch.iuv[row].flip(-1).numpy()))
+    atomic_write(texture, png_bytes(batch.textures[row].numpy()))
     arrays = {f"gt_{k}": batch.gt[k][row].numpy() for k in PARAM_KEYS}
     arrays |= {f"init_{k}": batch.init[k][row].numpy() for k in PARAM_KEYS}
     arrays |= {"focal_length": batch.focal_length[row].numpy(),
                "camera_center": batch.camera_center[row].numpy(),
                "distance": batch.distance[row].numpy()}
-    _atomic_write(record, npz_bytes({k: v.astype(np.float32) for k, v in arrays.items()}))
+    atomic_write(record, npz_bytes({k: v.astype(np.float32) for k, v in arrays.items()}))
 
 
 def is_complete(out: Path, index: int) -> bool:
@@ -174,7 +149,7 @@ def _finish(out: Path, num: int, settings: dict) -> None:
         arrays |= {k: np.stack([r[f"{prefix}_{k}"] for r in records]) for k in PARAM_KEYS}
         arrays |= {k: np.stack([r[k] for r in records]) for k in ("focal_length", "camera_center")}
         path = out / f"{prefix}.npz"
-        _atomic_write(path, npz_bytes(validate_params(arrays, path)))
+        atomic_write(path, npz_bytes(validate_params(arrays, path)))
     meta = dict(settings) | {
         "num": num,
         "size": settings["config"]["size"],
@@ -183,7 +158,7 @@ def _finish(out: Path, num: int, settings: dict) -> None:
                      "distance": round(float(r["distance"]), 3)}
                     for n, r in zip(names, records, strict=True)],
     }
-    _atomic_write(out / "meta.json", _json_bytes(meta))
+    atomic_write(out / "meta.json", json_bytes(meta))
 
 
 def generate_dataset(

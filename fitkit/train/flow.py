@@ -7,7 +7,7 @@ probability ``gt_pose`` the initial estimate keeps the true pose and only its sh
 (translation) are perturbed, to focus on fine displacements. The initial mesh is rendered with the
 subject's texture, augmented (:class:`FlowAugment`: channel-wise noise, pixel noise and blur on
 the texture, channel-wise noise, brightness and contrast on the image), and the targets are the
-per-pixel displacements of Eq. 1-2 (:func:`fitkit.nets.displacement_targets`).
+per-pixel displacements of Eq. 1-2 (:func:`fitkit.render.displacement_field`).
 
 Determinism and resume: training batch ``step`` holds samples ``step * B ... step * B + B - 1`` of
 the world seeded with ``seed``; its augmentations come from their own per-sample generators, so a
@@ -29,7 +29,6 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,16 +42,16 @@ from fitkit.nets import (
     FLOWNET_CONFIGS,
     FlowNet,
     FlowNetConfig,
-    displacement_targets,
     flow_loss,
     masked_epe,
     read_checkpoint,
     render_inputs,
     save_flownet,
 )
-from fitkit.nets.checkpoint import CheckpointError, config_from_dict
+from fitkit.nets.checkpoint import FLOWNET_KIND, CheckpointError, config_from_dict
+from fitkit.render import displacement_field
 from fitkit.synth import SynthConfig, SynthWorld
-from fitkit.train import Command, register_command
+from fitkit.train import Command, register_command, settings_mismatch
 
 VALIDATION_START = 1 << 40
 """Index of the first validation sample (training indices stay below it)."""
@@ -158,8 +157,8 @@ class FlowBatchMaker:
                 for t, g in zip(sample.textures, generators, strict=True)])
         renders = render_inputs(vertices_init, self.body.faces, camera, self.rest, texture,
                                 self.body.uv)
-        target = displacement_targets(vertices_gt, vertices_init, self.body.faces, camera,
-                                      renders.fragments)
+        target = displacement_field(vertices_gt, vertices_init, self.body.faces, camera,
+                                    renders.fragments)
         image = torch.stack([self._augment_image(i.permute(2, 0, 1).float() / 255.0, g)
                              for i, g in zip(sample.images, generators, strict=True)])
         return FlowBatch(image, renders.channels, renders.mask, target)
@@ -246,11 +245,6 @@ def learning_rate(lr: float, step: int, steps: int, schedule: str) -> float:
     return lr
 
 
-def _settings_mismatch(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    return [f"{key}: checkpoint {saved.get(key)!r}, given {given.get(key)!r}"
-            for key in sorted(set(saved) | set(given)) if saved.get(key) != given.get(key)]
-
-
 def train_flow(
     out: Path,
     config: FlowNetConfig | None = None,
@@ -306,11 +300,11 @@ def train_flow(
     if resume:
         if not Path(out).is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {out}")
-        state = read_checkpoint(out)
+        state = read_checkpoint(out, FLOWNET_KIND)
         if "training" not in state:
             raise CheckpointError(f"{out}: no training state to resume from (field 'training')")
         saved = config_from_dict(state["config"], f"{out}: field 'config'")
-        mismatch = _settings_mismatch(state["training"]["settings"], settings)
+        mismatch = settings_mismatch(state["training"]["settings"], settings)
         if config is not None and config != saved:
             mismatch.append(f"config: checkpoint {saved}, given {config}")
         if mismatch:
@@ -411,13 +405,9 @@ def _run(args: argparse.Namespace) -> None:
     config = dataclasses.replace(
         args.size, **{k: v for k, v in overrides.items() if v is not None},
         texture=not args.no_texture)
-    try:
-        train_flow(args.out, config, args.steps, args.batch_size, args.lr, args.seed,
-                   args.device, args.resume, args.checkpoint_every, args.val_every,
-                   args.val_size, args.workers, args.amp, args.body,
-                   schedule=args.schedule)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"python -m fitkit.train flow: error: {error}") from error
+    train_flow(args.out, config, args.steps, args.batch_size, args.lr, args.seed, args.device,
+               args.resume, args.checkpoint_every, args.val_every, args.val_size, args.workers,
+               args.amp, args.body, schedule=args.schedule)
 
 
 register_command(Command(

@@ -3,8 +3,9 @@
 Each loop samples ``num_poses`` training poses with :func:`fitkit.synth.poses.sample_body_pose`
 from ``seed``, shows a tqdm progress bar and keeps a resume checkpoint next to its output
 (``OUT.resume.pt``, written atomically every ``checkpoint_every`` steps and removed when the run
-ends): a killed run started again with ``resume=True`` continues from its last checkpoint. Batches
-are drawn from a generator seeded by ``(seed, step)`` and the global RNG state (dropout, noise,
+ends): a killed run started again with ``resume=True`` and the same settings continues from its
+last checkpoint (other settings are refused, naming them). Batches are drawn from the seed stream
+of ``(seed, step)`` (:func:`fitkit.io.runs.seed_stream`) and the global RNG state (dropout, noise,
 VAE samples) is checkpointed, so a resumed run ends with the same weights as an uninterrupted one.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ import roma
 import torch
 from tqdm import tqdm
 
+from fitkit.io.runs import seed_stream, write_torch
 from fitkit.priors.cnf import CNFPrior, body_pose_to_6d
 from fitkit.priors.gmm import GMMPrior, em_step, init_gmm
 from fitkit.priors.vposer import VPoserPrior, VPoserV2
 from fitkit.synth.poses import sample_body_pose
-from fitkit.train import Command, register_command
+from fitkit.train import Command, register_command, settings_mismatch
 
 
 def resume_path(out: Path) -> Path:
@@ -32,15 +33,14 @@ def resume_path(out: Path) -> Path:
     return out.with_name(out.name + ".resume.pt")
 
 
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _load_resume(out: Path, kind: str, resume: bool, settings: dict[str, Any]
+                 ) -> dict[str, Any] | None:
+    """The resume state of ``out`` when asked for and present, else ``None``.
 
-
-def _load_resume(out: Path, kind: str, resume: bool) -> dict[str, Any] | None:
-    """The resume state of ``out`` when asked for and present, else ``None``."""
+    Raises:
+        ValueError: the checkpoint is of another kind or was made with other ``settings``
+            (resume checkpoints of earlier fitkit versions hold none and are not checked).
+    """
     path = resume_path(out)
     if not resume or not path.is_file():
         if resume:
@@ -49,6 +49,9 @@ def _load_resume(out: Path, kind: str, resume: bool) -> dict[str, Any] | None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("kind") != kind:
         raise ValueError(f"{path}: a {state.get('kind')!r} checkpoint, not {kind!r}")
+    mismatch = settings_mismatch(state.get("settings", settings), settings)
+    if mismatch:
+        raise ValueError(f"{path}: resume with the run's own settings ({'; '.join(mismatch)})")
     tqdm.write(f"{path}: resuming at step {state['step']}")
     return state
 
@@ -56,10 +59,6 @@ def _load_resume(out: Path, kind: str, resume: bool) -> dict[str, Any] | None:
 def training_poses(num_poses: int, seed: int) -> torch.Tensor:
     """(num_poses, 69) float64 sampler poses for training, from ``seed``."""
     return sample_body_pose(num_poses, torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _batch_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def train_gmm(out: Path, num_poses: int = 50_000, steps: int = 60, seed: int = 0,
@@ -78,7 +77,9 @@ def train_gmm(out: Path, num_poses: int = 50_000, steps: int = 60, seed: int = 0
         checkpoint_every: EM iterations between resume checkpoints.
     """
     x = training_poses(num_poses, seed)
-    state = _load_resume(out, "gmm", resume)
+    settings = {"num_poses": num_poses, "seed": seed, "num_components": num_components,
+                "reg_covar": reg_covar}
+    state = _load_resume(out, "gmm", resume, settings)
     if state is None:
         params = init_gmm(x, num_components, torch.Generator().manual_seed(seed))
         start = 0
@@ -90,8 +91,9 @@ def train_gmm(out: Path, num_poses: int = 50_000, steps: int = 60, seed: int = 0
         params = tuple(new)
         bar.set_postfix(log_lik=f"{float(log_lik):.2f}")
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_atomic({"kind": "gmm", "step": step + 1, "means": params[0],
-                          "covars": params[1], "weights": params[2]}, resume_path(out))
+            write_torch(resume_path(out), {
+                "kind": "gmm", "step": step + 1, "settings": settings, "means": params[0],
+                "covars": params[1], "weights": params[2]})
     prior = GMMPrior(*params)
     prior.save_pickle(out)
     resume_path(out).unlink(missing_ok=True)
@@ -124,11 +126,17 @@ def vposer_loss(model: VPoserV2, body_pose: torch.Tensor, kl_weight: float = 5e-
 
 def _train_network(kind: str, out: Path, module: torch.nn.Module, loss_fn: Any, x: torch.Tensor,
                    steps: int, seed: int, resume: bool, batch_size: int, lr: float,
-                   checkpoint_every: int) -> None:
-    """Adam with cosine decay on random batches of ``x``; resumable (see the module doc)."""
+                   checkpoint_every: int, settings: dict[str, Any]) -> None:
+    """Adam with cosine decay on random batches of ``x``; resumable (see the module doc).
+
+    ``settings``: the run's own settings besides the poses, steps, seed, batch size and
+    learning rate (a resume must match them all).
+    """
+    settings = {"num_poses": x.shape[0], "steps": steps, "seed": seed, "batch_size": batch_size,
+                "lr": lr, **settings}
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_schedule(steps))
-    state = _load_resume(out, kind, resume)
+    state = _load_resume(out, kind, resume, settings)
     start = 0
     if state is not None:
         module.load_state_dict(state["model"])
@@ -139,7 +147,7 @@ def _train_network(kind: str, out: Path, module: torch.nn.Module, loss_fn: Any, 
     module.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"{kind} training")
     for step in bar:
-        index = torch.randint(x.shape[0], (batch_size,), generator=_batch_generator(seed, step))
+        index = torch.randint(x.shape[0], (batch_size,), generator=seed_stream(seed, step))
         loss, parts = loss_fn(x[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,10 +157,10 @@ def _train_network(kind: str, out: Path, module: torch.nn.Module, loss_fn: Any, 
             shown = {"loss": float(loss.detach()), **parts}
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_atomic({"kind": kind, "step": step + 1, "model": module.state_dict(),
-                          "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
-                         resume_path(out))
+            write_torch(resume_path(out), {
+                "kind": kind, "step": step + 1, "settings": settings,
+                "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()})
     module.eval()
 
 
@@ -172,7 +180,7 @@ def train_vposer(out: Path, num_poses: int = 100_000, steps: int = 4000, seed: i
     model = VPoserV2()
     x = training_poses(num_poses, seed).float()
     _train_network("vposer", out, model, lambda b: vposer_loss(model, b, kl_weight), x, steps,
-                   seed, resume, batch_size, lr, checkpoint_every)
+                   seed, resume, batch_size, lr, checkpoint_every, {"kl_weight": kl_weight})
     prior = VPoserPrior(model)
     prior.save_folder(out, name="vposer")
     resume_path(out).unlink(missing_ok=True)
@@ -212,7 +220,9 @@ def train_cnf(out: Path, num_poses: int = 100_000, steps: int = 4000, seed: int 
     x = training_poses(num_poses, seed).float()
     prior.flow.initialize(body_pose_to_6d(x[:4096]))
     _train_network("cnf", out, prior, lambda b: cnf_loss(prior, b, noise), x, steps, seed,
-                   resume, batch_size, lr, checkpoint_every)
+                   resume, batch_size, lr, checkpoint_every,
+                   {"num_layers": num_layers, "hidden": hidden, "num_blocks": num_blocks,
+                    "noise": noise})
     with torch.no_grad():
         offset = float(-prior.log_prob(x[:10_000]).mean())
     trained = CNFPrior(num_layers=num_layers, hidden=hidden, num_blocks=num_blocks,
