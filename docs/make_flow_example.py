@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 
 from fitkit.api import Fitter, make_camera, read_images
 from fitkit.body.model import PARAM_SIZES
+from fitkit.geometry import crop_images
 from fitkit.io import read_params
-from fitkit.nets.predict import crop_images
 from fitkit.refine import read_textures
 from fitkit.render import flow_colors, to_uint8
 from fitkit.terms import exact_displacements
@@ -62,7 +62,8 @@ def main() -> None:
         truth = exact_displacements(fitter.body, {key: torch.as_tensor(gt[key][rows]).to(**like)
                                                   for key in PARAM_SIZES}, pick, crop)
         size = crop.image_size[0, 0].int().item()
-        crops = to_uint8(crop_images(pixels, textured.boxes, size).permute(0, 2, 3, 1)).numpy()
+        crops = crop_images(pixels, textured.box_center, textured.box_size, size)
+        crops = to_uint8(crops.permute(0, 2, 3, 1)).numpy()
     titles = ["image", "initial", "exact field", "predicted, texture", "predicted, no texture",
               "refined"]
     picture_rows = []

@@ -15,17 +15,10 @@ from PIL import Image
 import fitkit
 from fitkit.api import FitInputError
 from fitkit.body import load_body
-from fitkit.geometry import Camera
+from fitkit.geometry import Camera, crop_boxes, crop_camera, crop_images
 from fitkit.io import read_params
 from fitkit.nets import FlowNet, FlowNetConfig, save_flownet
-from fitkit.nets.predict import (
-    SHIPPED_FLOWNETS,
-    FlowPredictor,
-    crop_boxes,
-    crop_camera,
-    crop_images,
-    flownet_path,
-)
+from fitkit.nets.predict import SHIPPED_FLOWNETS, FlowPredictor, flownet_path
 from fitkit.refine import main as refine_main
 from fitkit.render import rasterize, vertex_visibility
 from fitkit.synth import SynthConfig, generate_dataset
@@ -61,30 +54,32 @@ def scene(body, batch: int = 2, width: int = 160, height: int = 128):
 
 def test_crops_frame_the_person_and_stay_inside_the_image_where_they_can():
     points = torch.tensor([[[20.0, 10.0], [40.0, 80.0]], [[170.0, 30.0], [199.0, 60.0]]])
-    free = crop_boxes(points)
-    assert torch.allclose(free[:, 2], torch.tensor([70.0, 30.0]) / 0.7)
-    assert torch.allclose(free[:, :2] + free[:, 2:] / 2, (points[:, 0] + points[:, 1]) / 2 + 0.5)
+    center, side = crop_boxes(points)
+    assert torch.allclose(side, torch.tensor([70.0, 30.0]) / 0.7)
+    assert torch.allclose(center, (points[:, 0] + points[:, 1]) / 2)
     size = torch.tensor([[200.0, 100.0], [200.0, 100.0]])
-    boxes = crop_boxes(points, image_size=size)
-    # the first: 70 / 0.7 = 100 fits the image's height exactly; moved right and down into it
-    assert torch.allclose(boxes[0], torch.tensor([0.0, 0.0, 100.0]))
+    center, side = crop_boxes(points, image_size=size)
+    # the first: 70 / 0.7 = 100 fits the image's height exactly; moved right and down into it,
+    # so that it covers pixels 0-99 (edges at -0.5 and 99.5)
+    assert torch.allclose(center[0], torch.tensor([49.5, 49.5])) and float(side[0]) == 100.0
     # the second: 42.9 px wide, shifted left so that it ends at the image's right edge
-    assert float(boxes[1, 0] + boxes[1, 2]) == pytest.approx(200.0)
+    assert float(center[1, 0] + side[1] / 2) == pytest.approx(199.5)
     tall = torch.tensor([[[10.0, 0.0], [20.0, 99.0]]])  # fills 99 % of the height
-    box = crop_boxes(tall, image_size=size[:1])[0]
-    assert float(box[2]) == pytest.approx(99.0 / 0.9)  # fill capped at MAX_FILL
+    _, side = crop_boxes(tall, image_size=size[:1])
+    assert float(side[0]) == pytest.approx(99.0 / 0.9)  # fill capped at MAX_FILL
 
 
 def test_a_crop_and_its_camera_show_the_same_picture(body):
     output, camera, _ = scene(body, batch=1)
-    boxes = crop_boxes(camera.project(output.vertices))
-    crop = crop_camera(camera, boxes, 64)
+    center, side = crop_boxes(camera.project(output.vertices))
+    crop = crop_camera(camera, center, side, 64)
     in_crop = rasterize(output.vertices, body.faces, crop).mask[0]
     # the full image rendered 4x finer, its box resampled and averaged back to 64 x 64
     fine = Camera(camera.focal_length * 4, (camera.principal_point + 0.5) * 4 - 0.5,
                   camera.image_size * 4)
     mask = rasterize(output.vertices, body.faces, fine).mask.float()[:, None]
-    resampled = F.avg_pool2d(crop_images(mask, boxes * 4, 256), 4)[0, 0] > 0.5
+    fine_center = (center + 0.5) * 4 - 0.5
+    resampled = F.avg_pool2d(crop_images(mask, fine_center, side * 4, 256), 4)[0, 0] > 0.5
     iou = (resampled & in_crop).sum() / (resampled | in_crop).sum()
     assert iou > 0.95
     centre = [m.nonzero().float().mean(0) for m in (resampled, in_crop)]
@@ -95,7 +90,7 @@ def test_a_constant_field_moves_every_visible_vertex_by_it_in_image_pixels(body)
     output, camera, images = scene(body)
     predictor = FlowPredictor(constant_net(TINY, 3.0, -1.5), body)
     prediction = predictor(images, output, camera)
-    scale = prediction.boxes[:, 2] / TINY.image_size  # image pixels per crop pixel
+    scale = prediction.box_size / TINY.image_size  # image pixels per crop pixel
     shift = torch.stack([3.0 * scale, -1.5 * scale], dim=-1)[:, None]
     expected = camera.project(output.vertices) + shift
     visible = prediction.visible
@@ -194,7 +189,7 @@ def test_refine_predicts_flow_with_a_given_network_and_flags_a_missing_image(tmp
     assert results["flag_bad_input"].tolist() == [False, True, False]
     assert "000001.png" in str(results["error"][1])
     assert results["flag_no_data"].tolist() == [False, True, False]
-    progress = json.loads((out / "progress.json").read_text())["settings"]
+    progress = json.loads((out / "settings.json").read_text())["settings"]
     assert progress["flow"] == "predicted" and progress["texture"] == "other"
     assert progress["flow_net"] == str(net)
     assert refine_main([*args[:4], "--output", str(tmp_path / "o2"), "--data-term", "flow",

@@ -11,8 +11,15 @@ import trimesh
 from fitkit.body import load_body
 from fitkit.geometry import Camera
 from fitkit.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from fitkit.render import interpolate, rasterize, texture_map, vertex_colors
-from fitkit.texture import estimate_texture, estimate_vertex_colors, paint_texture
+from fitkit.render import (
+    estimate_texture,
+    estimate_vertex_colors,
+    interpolate,
+    paint_texture,
+    rasterize,
+    texture_map,
+    vertex_colors,
+)
 
 
 def sphere_frames(yaws: list[float], size: int = 128):

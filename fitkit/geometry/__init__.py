@@ -1,12 +1,22 @@
-"""Geometry: cameras, rotations (through ``roma``), full-frame cameras, Procrustes."""
+"""Geometry: cameras (with extrinsics), rotations (through ``roma``), crops, full-frame cameras,
+Procrustes."""
 
-from fitkit.geometry.camera import Camera, default_focal_length
-from fitkit.geometry.fullframe import (
+from fitkit.geometry.camera import (
+    Camera,
+    default_focal_length,
+    default_intrinsics,
+    points_to_views,
+)
+from fitkit.geometry.crop import (
+    crop_boxes,
     crop_camera,
+    crop_images,
     crop_to_pixels,
+    pixels_to_crop,
+)
+from fitkit.geometry.fullframe import (
     full_frame_adjusted_projection,
     full_frame_to_weak_perspective,
-    pixels_to_crop,
     weak_perspective_to_full_frame,
 )
 from fitkit.geometry.procrustes import ProcrustesAlignment, procrustes_align
@@ -26,14 +36,18 @@ __all__ = [
     "average_rotations",
     "axis_angle_to_matrix",
     "axis_angle_to_rot6d",
+    "crop_boxes",
     "crop_camera",
+    "crop_images",
     "crop_to_pixels",
     "default_focal_length",
+    "default_intrinsics",
     "full_frame_adjusted_projection",
     "full_frame_to_weak_perspective",
     "matrix_to_axis_angle",
     "matrix_to_rot6d",
     "pixels_to_crop",
+    "points_to_views",
     "procrustes_align",
     "rot6d_to_axis_angle",
     "rot6d_to_matrix",

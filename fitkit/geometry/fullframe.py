@@ -1,13 +1,10 @@
 """Full-frame cameras for crop-based networks (CLIFF; ReFit Eq. 3-4 and its supplement A.1).
 
 A regressor sees a square crop of the full image: the crop box has its centre ``box_center =
-(cx, cy)`` and side ``box_size = b``, both in full-image pixels (fitkit's convention: pixel
-centres at integers, so the box covers ``[cx - b/2, cx + b/2] x [cy - b/2, cy + b/2]``).
-
-*Crop coordinates* are normalised over the box: ``crop = 2 (pixel - box_center) / b``, so the box
-edges are at -1 and +1 (the convention of ``grid_sample(..., align_corners=False)`` and of the
-weak-perspective cameras of HMR/SPIN/ReFit). ReFit's Eq. 4 divides by ``b`` only; its
-coordinates are half of these.
+(cx, cy)`` and side ``box_size = b``, both in full-image pixels, and *crop coordinates* are
+``2 (pixel - box_center) / b``, ``[-1, 1]`` across the box (:mod:`fitkit.geometry.crop`, where
+boxes, crop images and crop cameras live). ReFit's Eq. 4 divides by ``b`` only; its coordinates
+are half of these.
 
 A *weak-perspective camera* ``(s, tx, ty)`` maps body points ``X`` to crop coordinates
 ``s (X_xy + (tx, ty))``. Its full-frame equivalent is the translation ``transl`` of the body in
@@ -32,6 +29,7 @@ import torch
 from torch import Tensor
 
 from fitkit.geometry.camera import Camera
+from fitkit.geometry.crop import pixels_to_crop
 
 
 def weak_perspective_to_full_frame(
@@ -75,32 +73,6 @@ def full_frame_to_weak_perspective(
     return torch.cat([scale[:, None], transl[:, :2] - offset], dim=-1)
 
 
-def pixels_to_crop(pixels: Tensor, box_center: Tensor, box_size: Tensor) -> Tensor:
-    """Full-image pixels to crop coordinates (``[-1, 1]`` across the box).
-
-    Args:
-        pixels: ``(B, N, 2)`` pixel coordinates ``(u, v)`` in the full image.
-        box_center: ``(B, 2)`` crop box centres in pixels.
-        box_size: ``(B,)`` crop box sides in pixels.
-    Returns:
-        ``(B, N, 2)`` crop coordinates ``2 (pixels - box_center) / box_size``.
-    """
-    return 2.0 * (pixels - box_center[:, None, :]) / box_size[:, None, None]
-
-
-def crop_to_pixels(crop: Tensor, box_center: Tensor, box_size: Tensor) -> Tensor:
-    """Crop coordinates back to full-image pixels (inverse of :func:`pixels_to_crop`).
-
-    Args:
-        crop: ``(B, N, 2)`` crop coordinates.
-        box_center: ``(B, 2)`` crop box centres in pixels.
-        box_size: ``(B,)`` crop box sides in pixels.
-    Returns:
-        ``(B, N, 2)`` full-image pixel coordinates.
-    """
-    return crop * box_size[:, None, None] / 2.0 + box_center[:, None, :]
-
-
 def full_frame_adjusted_projection(
     points: Tensor, box_center: Tensor, box_size: Tensor, camera: Camera
 ) -> Tensor:
@@ -120,26 +92,3 @@ def full_frame_adjusted_projection(
     """
     return pixels_to_crop(camera.project(points), box_center, box_size)
 
-
-def crop_camera(camera: Camera, box_center: Tensor, box_size: Tensor, resolution: int) -> Camera:
-    """The pinhole camera of the crop image, resampled to ``resolution x resolution`` pixels.
-
-    Projecting full-frame camera points with it gives pixels of the crop image (fitkit's pixel
-    convention in the crop: ``(crop + 1) * resolution / 2 - 1/2``); useful to render in the crop.
-
-    Args:
-        camera: the full image's cameras (batch B).
-        box_center: ``(B, 2)`` crop box centres in full-image pixels.
-        box_size: ``(B,)`` crop box sides in full-image pixels.
-        resolution: side of the crop image in pixels.
-    Returns:
-        cameras with focal ``f R / b``, principal point ``(p - c) R / b + (R - 1) / 2`` and image
-        size ``(R, R)``.
-    """
-    zoom = resolution / box_size[:, None]
-    centre = (resolution - 1) / 2.0
-    return Camera(
-        focal_length=camera.focal_length * zoom,
-        principal_point=(camera.principal_point - box_center) * zoom + centre,
-        image_size=camera.image_size.new_full(camera.image_size.shape, float(resolution)),
-    )

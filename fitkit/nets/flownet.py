@@ -18,9 +18,10 @@ Input normalisation (what the network sees):
   the person stands); unit camera-frame normals as they are, in [-1, 1]; unique vertex colours
   (rest-pose positions scaled to [0, 1], :func:`fitkit.render.vertex_colors`) mapped to [-1, 1].
 
-Ground truth (Eq. 1-2, :func:`displacement_targets`): per vertex ``D_i = pi(v_i^gt) - pi(v_i^init)``
-with the camera's projection ``pi``, interpolated over the pixels of the initial mesh's render with
-the barycentrics of the visible triangles (:func:`fitkit.render.vertex_to_pixel`).
+Ground truth (Eq. 1-2, :func:`fitkit.render.displacement_field`): per vertex
+``D_i = pi(v_i^gt) - pi(v_i^init)`` with the camera's projection ``pi``, interpolated over the
+pixels of the initial mesh's render with the barycentrics of the visible triangles; the render's
+:class:`RenderInputs` carry the fragments it reuses.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from fitkit.body.model import BodyModel, BodyOutput
 from fitkit.geometry.camera import Camera
 from fitkit.nets.blocks import StageOneEncoder
 from fitkit.nets.hourglass import StackedHourglass
-from fitkit.render import Fragments, RenderMaps, rasterize, render_maps, vertex_to_pixel
+from fitkit.render import Fragments, RenderMaps, rasterize, render_maps
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 """Channel means of RGB images in [0, 1] (ImageNet), subtracted from image and texture render."""
@@ -250,26 +251,6 @@ def predict_displacements(net: FlowNet, image: Tensor, renders: RenderInputs) ->
     """
     prediction = net(image, renders.channels)[-1]
     return prediction * renders.mask[:, None].to(prediction.dtype)
-
-
-def displacement_targets(
-    vertices_gt: Tensor, vertices_init: Tensor, faces: Tensor, camera: Camera,
-    fragments: Fragments,
-) -> Tensor:
-    """Ground-truth per-pixel displacements (seed 003, Eq. 1-2).
-
-    Args:
-        vertices_gt: ``(B, V, 3)`` camera-frame vertices of the true body.
-        vertices_init: ``(B, V, 3)`` those of the initial body, rasterized into ``fragments``.
-        faces: ``(F, 3)`` long.
-        camera: B cameras (or one) of both.
-        fragments: the rasterization of ``vertices_init``.
-    Returns:
-        ``(B, 2, H, W)`` ``pi(v^gt) - pi(v^init)`` interpolated over the covered pixels, 0 on the
-        others.
-    """
-    per_vertex = camera.project(vertices_gt) - camera.project(vertices_init)  # (B, V, 2)
-    return vertex_to_pixel(per_vertex, faces, fragments).permute(0, 3, 1, 2)
 
 
 def masked_epe(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:

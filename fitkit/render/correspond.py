@@ -6,6 +6,11 @@ interpolation (Eq. 2, :func:`vertex_to_pixel`); per-pixel values go back to the 
 barycentric-weighted average over the pixels whose visible triangle has the vertex as a corner
 (Eq. 5, :func:`pixel_to_vertex`). A vertex is visible when it is a corner of at least one triangle
 seen at some pixel centre (:func:`vertex_visibility`), which is the ``v_i`` of Eq. 7.
+
+The exact displacement field between two meshes of the same topology (Eq. 1-2,
+:func:`displacement_field`) is the per-vertex image motion ``P(v^gt) - P(v^init)`` carried to the
+pixels of the initial mesh's render with :func:`vertex_to_pixel`: the displacement network's
+training target, and the "ground-truth flow" of upper-bound experiments.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fitkit.geometry.camera import Camera
 from fitkit.render.fragments import Fragments
 from fitkit.render.maps import interpolate
+from fitkit.render.rasterize import rasterize
 
 
 def vertex_visibility(fragments: Fragments, faces: Tensor, num_vertices: int) -> Tensor:
@@ -54,6 +61,39 @@ def vertex_to_pixel(values: Tensor, faces: Tensor, fragments: Fragments) -> Tens
         ``(B, H, W, C)``.
     """
     return interpolate(values, faces, fragments)
+
+
+def displacement_field(
+    gt_vertices: Tensor,
+    init_vertices: Tensor,
+    faces: Tensor,
+    camera: Camera,
+    fragments: Fragments | None = None,
+    image_size: tuple[int, int] | None = None,
+    backend: str = "torch",
+) -> Tensor:
+    """The exact per-pixel displacement field from one mesh to another (seed 003, Eq. 1-2).
+
+    Per vertex ``D_i = P(v_i^gt) - P(v_i^init)`` with the camera's projection ``P`` (Eq. 1); per
+    pixel of the render of the initial mesh, the barycentric interpolation of ``D`` over its
+    visible triangle (Eq. 2, :func:`vertex_to_pixel`).
+
+    Args:
+        gt_vertices: ``(B, V, 3)`` camera-frame vertices of the true (target) meshes.
+        init_vertices: ``(B, V, 3)`` camera-frame vertices of the initial meshes.
+        faces: ``(F, 3)`` long, shared by both.
+        camera: B cameras (or one).
+        fragments: the rasterization of ``init_vertices`` when the caller has it; else it is
+            rasterized here with ``image_size`` (``(H, W)``, default the camera's) and
+            ``backend``.
+    Returns:
+        ``(B, 2, H, W)`` displacements ``(du, dv)`` in pixels, 0 on pixels the initial mesh does
+        not cover (``fragments.mask``).
+    """
+    if fragments is None:
+        fragments = rasterize(init_vertices, faces, camera, image_size, backend=backend)
+    per_vertex = camera.project(gt_vertices) - camera.project(init_vertices)  # (B, V, 2)
+    return vertex_to_pixel(per_vertex, faces, fragments).permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""The one rasterization entry point, and its module form."""
+"""The one rasterization entry point."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fitkit.geometry.camera import Camera
 from fitkit.render.fragments import Fragments
@@ -20,11 +20,6 @@ BACKENDS: dict[str, Callable[..., Fragments]] = {
 
 DEFAULT_NEAR = 0.01
 DEFAULT_FAR = 100.0
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown render backend {backend!r}; choose one of {sorted(BACKENDS)}")
 
 
 def rasterize(
@@ -49,7 +44,8 @@ def rasterize(
     Args:
         vertices: ``(B, V, 3)`` vertices in the camera frame (x right, y down, z forward, meters).
         faces: ``(F, 3)`` integer vertex indices, shared by the batch.
-        camera: ``B`` cameras (or one, used for the whole batch).
+        camera: ``B`` cameras (or one, used for the whole batch); only their intrinsics count
+            (world vertices go into the camera frame first: :meth:`Camera.to_camera`).
         image_size: ``(H, W)``; default ``camera.image_size`` (the same for the whole batch).
         backend: ``"torch"`` (pure PyTorch, any device) or ``"nvdiffrast"`` (CUDA).
         near, far: visible depth range (meters).
@@ -59,7 +55,8 @@ def rasterize(
         Fragments with ``face_id`` ``(B, H, W)`` (``-1`` empty), ``bary`` ``(B, H, W, 3)`` and
         ``depth`` ``(B, H, W)`` (camera-frame ``z``, 0 where empty).
     """
-    _check_backend(backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; choose one of {sorted(BACKENDS)}")
     if vertices.ndim != 3 or vertices.shape[-1] != 3:
         raise ValueError(f"vertices must have shape (B, V, 3), got {tuple(vertices.shape)}")
     if faces.ndim != 2 or faces.shape[-1] != 3:
@@ -69,12 +66,7 @@ def rasterize(
     batch = vertices.shape[0]
     if camera.batch_size not in (1, batch):
         raise ValueError(f"{camera.batch_size} cameras for a batch of {batch} meshes")
-    if camera.batch_size != batch:
-        camera = Camera(
-            camera.focal_length.expand(batch, 2),
-            camera.principal_point.expand(batch, 2),
-            camera.image_size.expand(batch, 2),
-        )
+    camera = camera.expand(batch)
     if image_size is None:
         sizes = camera.image_size.unique(dim=0)
         if len(sizes) != 1:
@@ -87,39 +79,3 @@ def rasterize(
         vertices, faces, camera, image_size, near=near, far=far, cull_backfaces=cull_backfaces
     )
 
-
-class Rasterizer(nn.Module):
-    """:func:`rasterize` with its settings bound (backend, clip planes, culling)."""
-
-    def __init__(
-        self,
-        backend: str = "torch",
-        near: float = DEFAULT_NEAR,
-        far: float = DEFAULT_FAR,
-        cull_backfaces: bool = False,
-    ) -> None:
-        super().__init__()
-        _check_backend(backend)
-        self.backend = backend
-        self.near = near
-        self.far = far
-        self.cull_backfaces = cull_backfaces
-
-    def forward(
-        self,
-        vertices: Tensor,
-        faces: Tensor,
-        camera: Camera,
-        image_size: tuple[int, int] | None = None,
-    ) -> Fragments:
-        """See :func:`rasterize`."""
-        return rasterize(
-            vertices,
-            faces,
-            camera,
-            image_size,
-            backend=self.backend,
-            near=self.near,
-            far=self.far,
-            cull_backfaces=self.cull_backfaces,
-        )

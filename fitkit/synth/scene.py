@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from fitkit.geometry.camera import default_intrinsics
 from fitkit.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 
@@ -73,9 +75,11 @@ def sample_betas(generator: torch.Generator, config: SceneConfig, num_betas: int
 
 def sample_focal_length(generator: torch.Generator, config: SceneConfig, width: int,
                         height: int) -> float:
-    """Focal length in pixels, ``sqrt(w^2 + h^2)`` with a uniform relative jitter."""
+    """Focal length in pixels: the default (:func:`fitkit.geometry.default_intrinsics`,
+    ``sqrt(w^2 + h^2)``) with a uniform relative jitter."""
     jitter = (2.0 * float(torch.rand((), generator=generator)) - 1.0) * config.focal_jitter
-    return math.sqrt(width**2 + height**2) * (1.0 + jitter)
+    focal, _ = default_intrinsics(np.array([[width, height]]))
+    return float(focal[0, 0]) * (1.0 + jitter)
 
 
 def sample_placement(generator: torch.Generator, config: SceneConfig) -> Tensor:

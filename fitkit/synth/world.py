@@ -26,7 +26,7 @@ from fitkit.synth.config import SynthConfig
 from fitkit.synth.init import draw_init_noise, perturb_body, perturb_transl
 from fitkit.synth.poses import sample_body_pose
 
-PARAM_KEYS: tuple[str, ...] = ("global_orient", "body_pose", "betas", "transl")
+PARAM_KEYS: tuple[str, ...] = tuple(PARAM_SIZES)
 
 
 @dataclass

@@ -32,7 +32,9 @@ from torch import Tensor
 
 from fitkit.body.model import BodyModel, BodyOutput
 from fitkit.geometry.camera import Camera
-from fitkit.render import interpolate_corners, rasterize, vertex_visibility
+from fitkit.render.correspond import vertex_visibility
+from fitkit.render.maps import interpolate_corners
+from fitkit.render.rasterize import rasterize
 
 FALLBACK_GREY = (0.5, 0.5, 0.5)
 """Fallback colour when no vertex at all was seen."""
