@@ -360,7 +360,6 @@ def test_open_body_name_resolves_to_the_packaged_file():
         load_body("open", gender="female")
 
 
-@pytest.mark.skipif(not OPEN_BODY_PATH.is_file(), reason="open body data file not built yet")
 def test_open_body_loads_with_its_keypoint_sets():
     body = load_body()
     assert body.keypoint_sets == ("smpl24", "openpose25", "markers", "vertices")

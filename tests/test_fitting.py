@@ -11,7 +11,6 @@ import roma
 import torch
 
 from fitkit.body import (
-    OPEN_BODY_PATH,
     OPENPOSE_VERTEX_NAMES,
     SMPL_PARENTS,
     BodyData,
@@ -425,7 +424,6 @@ def test_translation_is_estimated_from_the_torso_when_not_given(body, camera):
     assert (error[:, :2] < 0.1).all()
 
 
-@pytest.mark.skipif(not OPEN_BODY_PATH.is_file(), reason="open body data file not built yet")
 @pytest.mark.parametrize(("name", "size", "depth"), [("spin", 224, 40.0), ("refine", 1000, 3.0)])
 def test_presets_fit_the_open_body_with_the_open_gmm(name, size, depth):
     """Each preset on its kind of image (SPIN: 224-pixel crops with f = 5000; refine: the full

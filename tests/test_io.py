@@ -141,7 +141,7 @@ def test_params_round_trip(tmp_path):
     written = {**params(), "energy": np.arange(3.0)}
     path = tmp_path / "out" / "results.npz"
     write_params(path, written)
-    assert not list(path.parent.glob("*.partial"))
+    assert not list(path.parent.glob(".*.tmp"))
     loaded = read_params(path)
     assert loaded.keys() == written.keys()
     assert loaded["image_names"].tolist() == ["img_000", "img_001", "img_002"]

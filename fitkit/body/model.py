@@ -35,14 +35,7 @@ from fitkit.body.loaders import (
     read_body_file,
     resolve_body_path,
 )
-
-PARAM_SIZES: dict[str, int] = {
-    "global_orient": 3,
-    "body_pose": 3 * (NUM_JOINTS - 1),
-    "betas": NUM_BETAS,
-    "transl": 3,
-}
-"""Size of each body parameter (one row per sample)."""
+from fitkit.io.params import PARAM_SIZES
 
 
 @dataclass

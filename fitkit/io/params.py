@@ -17,25 +17,68 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from fitkit.geometry.camera import default_intrinsics
 from fitkit.io.npz import FileKeyError, read_npz
+from fitkit.io.runs import write_npz
+
+
+@dataclass
+class BodyParams:
+    """The SMPL body parameters of a batch: the one list of their names and sizes.
+
+    Attributes:
+        global_orient: ``(B, 3)`` axis-angle root rotation.
+        body_pose: ``(B, 69)`` axis-angle rotations of the 23 other joints.
+        betas: ``(B, 10)`` shape coefficients.
+        transl: ``(B, 3)`` translation in meters (camera frame of the full image).
+    """
+
+    global_orient: Tensor
+    body_pose: Tensor
+    betas: Tensor
+    transl: Tensor
+
+    SIZES: ClassVar[dict[str, int]] = {"global_orient": 3, "body_pose": 69, "betas": 10,
+                                        "transl": 3}
+    """Per-row size of each parameter, in the order of the fields."""
+
+    @classmethod
+    def zeros(cls, batch_size: int, **like: Any) -> BodyParams:
+        """All-zero parameters of ``batch_size`` rows (``like``: ``device``, ``dtype``)."""
+        return cls(**{name: torch.zeros(batch_size, size, **like)
+                      for name, size in cls.SIZES.items()})
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], **like: Any) -> BodyParams:
+        """The parameters of a mapping that holds all four (other keys are ignored), as tensors
+        (``like``: ``device``, ``dtype``)."""
+        return cls(**{name: torch.as_tensor(values[name]).to(**like) for name in cls.SIZES})
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """``{name: (B, size)}`` in field order."""
+        return {name: getattr(self, name) for name in self.SIZES}
+
+
+PARAM_SIZES: dict[str, int] = BodyParams.SIZES
+"""Size of each body parameter (one row per sample): :attr:`BodyParams.SIZES`."""
+
+CAMERA_SIZES: dict[str, int] = {"focal_length": 2, "camera_center": 2}
+"""Size of each camera key of a parameter file."""
+
+CAMERA_KEYS = tuple(CAMERA_SIZES)
 
 PARAM_SHAPES: dict[str, tuple[int, ...]] = {
-    "global_orient": (3,),
-    "body_pose": (69,),
-    "betas": (10,),
-    "transl": (3,),
-    "focal_length": (2,),
-    "camera_center": (2,),
+    key: (size,) for key, size in {**PARAM_SIZES, **CAMERA_SIZES}.items()
 }
 """Per-row shape of each float key of a parameter file."""
-
-CAMERA_KEYS = ("focal_length", "camera_center")
 
 
 class ParamsFileError(FileKeyError):
@@ -76,13 +119,7 @@ def write_params(path: str | os.PathLike, params: Mapping[str, Any]) -> None:
     Raises:
         ParamsFileError: missing key, wrong shape or dtype, N disagreeing.
     """
-    path = Path(path)
-    arrays = validate_params(params, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as file:
-        np.savez(file, **arrays)
-    os.replace(partial, path)
+    write_npz(path, validate_params(params, path))
 
 
 def validate_params(params: Mapping[str, Any], source: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -142,10 +179,8 @@ def _with_default_camera(
     if size.shape not in ((2,), (count, 2)):
         raise ValueError(f"image_size must have shape (2,) or ({count}, 2), got {size.shape}")
     size = np.broadcast_to(size, (count, 2))
-    defaults = {
-        "focal_length": np.repeat(np.hypot(size[:, :1], size[:, 1:]), 2, axis=1),
-        "camera_center": (size - 1.0) / 2.0,
-    }
+    focal, center = default_intrinsics(size)
+    defaults = {"focal_length": focal, "camera_center": center}
     return {**defaults, **arrays}
 
 

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fitkit.priors.base import LatentPosePrior, PosePrior
-from fitkit.priors.bending import BendingPrior, bending_energy
+from fitkit.priors.bending import bending_energy
 from fitkit.priors.cnf import CNFPrior, is_cnf_folder
 from fitkit.priors.gmm import GMMPrior, fit_gmm
-from fitkit.priors.shape import ShapePrior, shape_energy
+from fitkit.priors.shape import shape_energy
 from fitkit.priors.vposer import VPoserPrior, VPoserV2, is_vposer_folder
 
 __all__ = [
-    "BendingPrior", "CNFPrior", "GMMPrior", "LatentPosePrior", "PosePrior", "PRIORS",
-    "PriorKind", "ShapePrior", "VPoserPrior", "VPoserV2", "bending_energy", "fit_gmm", "load",
-    "open_priors_dir", "register", "shape_energy",
+    "CNFPrior", "GMMPrior", "LatentPosePrior", "PosePrior", "PRIORS", "PriorKind",
+    "VPoserPrior", "VPoserV2", "bending_energy", "fit_gmm", "load", "open_priors_dir",
+    "register", "shape_energy",
 ]
 
 

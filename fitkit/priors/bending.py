@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from fitkit.priors.base import PosePrior
-
 BENDING_INDICES: tuple[int, ...] = (52, 55, 9, 12)
 """Indices into the (69,) body pose: left elbow y, right elbow y, left knee x, right knee x."""
 
@@ -26,11 +24,3 @@ def bending_energy(body_pose: torch.Tensor) -> torch.Tensor:
     index = torch.tensor(BENDING_INDICES, device=body_pose.device)
     signs = torch.tensor(BENDING_SIGNS, device=body_pose.device, dtype=body_pose.dtype)
     return torch.exp(body_pose[:, index] * signs).square().sum(dim=-1)
-
-
-class BendingPrior(PosePrior):
-    """:func:`bending_energy` as a :class:`PosePrior` (``context`` is ignored)."""
-
-    def energy(self, body_pose: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 69) axis-angle -> (B,) bending energies."""
-        return bending_energy(body_pose)

@@ -15,11 +15,3 @@ def shape_energy(betas: torch.Tensor) -> torch.Tensor:
         (B,) energies.
     """
     return betas.square().sum(dim=-1)
-
-
-class ShapePrior(torch.nn.Module):
-    """:func:`shape_energy` as a module: (B, K) betas -> (B,)."""
-
-    def forward(self, betas: torch.Tensor) -> torch.Tensor:
-        """(B, K) betas -> (B,) energies."""
-        return shape_energy(betas)

@@ -1,12 +1,24 @@
 """Data terms: observations scored against posed bodies, behind one interface.
 
 ``build_term(name, **inputs)`` builds a registered term (``"keypoints"``: OpenPose BODY_25;
-``"densepose"``: DensePose IUV images; ``"flow"``: seed 003's per-vertex displacement targets);
-``energy(body_output, camera) -> (B,)`` scores a batch of bodies. A new term is one file with a
-:class:`DataTerm` subclass decorated with :func:`register_term`, imported here.
+``"densepose"``: DensePose IUV images; ``"flow"``: seed 003's per-vertex displacement targets;
+``"keypoints3d"``: 3D joints or markers); ``energy(body_output, camera) -> (B,)`` scores a batch
+of bodies. Each term describes its input (:class:`DataTerm`: ``keyword``, ``read``,
+``dataset_pattern``, ``from_observations``), so ``fitkit.fit`` and ``refine`` loop over
+:data:`TERMS`. A new term is one file with a :class:`DataTerm` subclass decorated with
+:func:`register_term` (imported here for fitkit's own; a user's module registers its own).
 """
 
-from fitkit.terms.base import TERMS, DataTerm, build_term, geman_mcclure, register_term
+from fitkit.terms.base import (
+    TERMS,
+    DataTerm,
+    TermContext,
+    build_term,
+    geman_mcclure,
+    register_term,
+    term_class,
+    term_keywords,
+)
 from fitkit.terms.densepose import DensePoseTerm
 from fitkit.terms.flow import FlowTerm, VertexTargetsTerm, exact_displacements
 from fitkit.terms.keypoints import (
@@ -16,6 +28,8 @@ from fitkit.terms.keypoints import (
     default_joint_weights,
     torso_joint_weights,
 )
+from fitkit.terms.keypoints3d import Keypoints3DTerm
+from fitkit.terms.reprojection import ReprojectionTerm
 
 __all__ = [
     "IGNORED_KEYPOINTS",
@@ -24,12 +38,17 @@ __all__ = [
     "DataTerm",
     "DensePoseTerm",
     "FlowTerm",
+    "Keypoints3DTerm",
     "KeypointsTerm",
+    "ReprojectionTerm",
+    "TermContext",
     "VertexTargetsTerm",
     "build_term",
     "default_joint_weights",
     "exact_displacements",
     "geman_mcclure",
     "register_term",
+    "term_class",
+    "term_keywords",
     "torso_joint_weights",
 ]

@@ -29,6 +29,7 @@ true body is small (of the order of the squared vertex spacing in crop pixels), 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ from fitkit.body.densepose_uv import (
     DensePoseUV,
     read_uv_processed,
 )
-from fitkit.terms.base import register_term
+from fitkit.io.inputs import read_iuv
+from fitkit.terms.base import TermContext, register_term
 from fitkit.terms.flow import REFERENCE_POINTS, VertexTargetsTerm
 
 PART_SPACING = 10.0
@@ -77,7 +79,24 @@ class DensePoseTerm(VertexTargetsTerm):
         ValueError: ``iuv`` of the wrong shape or dtype or with parts above 24, no lookup table
             (no ``uv`` and a body without DensePose labels), or a table for another vertex count.
         fitkit.body.BodyFileError: an unreadable ``UV_Processed.mat``.
+
+    Input: ``fit(..., iuv=...)``, ``(B, H, W, 3)`` uint8 arrays or ``*_IUV.png`` files; in a
+    dataset folder ``densepose/NAME_IUV.png``.
     """
+
+    keyword = "iuv"
+    dataset_pattern = "densepose/{name}_IUV.png"
+
+    @classmethod
+    def read(cls, value: Any, errors: list[str] | None = None) -> np.ndarray:
+        """``(B, H, W, 3)`` uint8 ``(I, U, V)`` from arrays or IUV PNG files
+        (:func:`fitkit.io.inputs.read_iuv`)."""
+        return read_iuv(value, errors)
+
+    @classmethod
+    def from_observations(cls, observations: Tensor, context: TermContext) -> DensePoseTerm:
+        """The term of ``(B, H, W, 3)`` IUV images, with the fit's body as lookup table."""
+        return cls(observations, body=context.body, **context.options)
 
     def __init__(
         self,

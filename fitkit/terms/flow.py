@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +36,11 @@ from torch import Tensor
 
 from fitkit.body import BodyModel, BodyOutput
 from fitkit.geometry import Camera
-from fitkit.render import pixel_to_vertex, rasterize, vertex_to_pixel
-from fitkit.terms.base import DataTerm, geman_mcclure, register_term
-from fitkit.terms.keypoints import CROP_BOX_SCALE
+from fitkit.io.inputs import FitInputError, read_displacements
+from fitkit.io.params import PARAM_SIZES
+from fitkit.render import displacement_field, pixel_to_vertex, rasterize
+from fitkit.terms.base import TermContext, register_term
+from fitkit.terms.reprojection import ReprojectionTerm
 
 TORSO_PARTS: tuple[int, ...] = (1, 2)
 """DensePose parts of the torso (back, front): what the camera stage of a dense term fits."""
@@ -46,7 +49,7 @@ REFERENCE_POINTS = 25.0
 """Default ``K``: a dense term weighs as much as 25 keypoints with its mean error per target."""
 
 
-class VertexTargetsTerm(DataTerm):
+class VertexTargetsTerm(ReprojectionTerm):
     """Robust reprojection error of body vertices against 2D targets (module docstring).
 
     Args:
@@ -75,35 +78,19 @@ class VertexTargetsTerm(DataTerm):
     ) -> None:
         used = used & targets.isfinite().all(dim=-1)
         self.vertex = vertex
-        self.targets = torch.where(used[..., None], targets, 0.0)
-        self.used = used
         self.num_vertices = num_vertices
         self.parts = parts
-        self.rho = rho
-        self.crop_size = crop_size
         self.reference_points = reference_points
-        self.valid = used.any(dim=-1)
-        self.scale = torch.ones(used.shape[0], dtype=targets.dtype, device=targets.device)
-        if crop_size is not None:
-            self.scale = crop_size / self.person_size()
+        self.set_targets(targets, used, used.to(targets.dtype), rho, crop_size)
 
     @property
     def num_targets(self) -> Tensor:
         """``(B,)`` long, the targets that count per sample."""
         return self.used.sum(dim=-1)
 
-    def person_size(self) -> Tensor:
-        """Side of the person's crop box: 1.2 x the larger side of the bounding box of the used
-        targets, at least 1 pixel.
-
-        Returns:
-            ``(B,)`` pixels.
-        """
-        inf = torch.finfo(self.targets.dtype).max
-        low = torch.where(self.used[..., None], self.targets, inf).amin(dim=1)
-        high = torch.where(self.used[..., None], self.targets, -inf).amax(dim=1)
-        side = (high - low).amax(dim=-1)
-        return (CROP_BOX_SCALE * torch.where(self.valid, side, 0.0)).clamp(min=1.0)
+    def normalization(self) -> Tensor:
+        """``(B,)`` ``K / N_b``: the energy is ``K`` times the mean error per target."""
+        return self.reference_points / self.num_targets.clamp(min=1)
 
     def check_vertices(self, body_output: BodyOutput) -> None:
         """Raise ``ValueError`` unless the body has the vertices the targets refer to."""
@@ -114,58 +101,10 @@ class VertexTargetsTerm(DataTerm):
                 f"vertices, the body output has {count}"
             )
 
-    def energy(self, body_output: BodyOutput, camera: Camera) -> Tensor:
-        """Robust reprojection energy (module docstring).
-
-        Args:
-            body_output: posed bodies (batch B) with the term's vertex count.
-            camera: cameras (batch B) in whose pixels the targets are given.
-        Returns:
-            ``(B,)`` energies, 0 for samples without targets.
-        """
-        self.check_batch(body_output, camera)
+    def points(self, body_output: BodyOutput) -> Tensor:
+        """``(B, N, 3)`` the targeted vertices."""
         self.check_vertices(body_output)
-        points = body_output.vertices.gather(1, self.vertex[..., None].expand(-1, -1, 3))
-        residual = (camera.project(points) - self.targets) * self.scale[:, None, None]
-        error = residual.square() if self.rho is None else geman_mcclure(residual, self.rho)
-        error = torch.where(self.used, error.sum(dim=-1), 0.0).sum(dim=-1)
-        return error * (self.reference_points / self.num_targets.clamp(min=1))
-
-    def estimate_transl(self, body_output: BodyOutput, camera: Camera) -> Tensor:
-        """A translation that puts the targeted vertices on their targets, from similar
-        triangles: depth = focal length x (RMS spread of the vertices' x-y around their
-        centroid) / (RMS spread of the targets), then ``x, y`` put the vertices' centroid on the
-        targets' centroid. Samples without targets: a 2 m body spanning the image height,
-        centred on the principal point.
-
-        Args:
-            body_output: the initial bodies posed with zero translation (batch B).
-            camera: the cameras (batch B).
-        Returns:
-            ``(B, 3)`` translations.
-        """
-        self.check_batch(body_output, camera)
-        self.check_vertices(body_output)
-        vertices = body_output.vertices.detach()
-        points = vertices.gather(1, self.vertex[..., None].expand(-1, -1, 3))
-        targets = self.targets.to(points.dtype)
-        weight = self.used.to(points.dtype)[..., None]
-        count = weight.sum(dim=1).clamp(min=1.0)
-        center_2d = (targets * weight).sum(dim=1) / count
-        center_3d = (points * weight).sum(dim=1) / count
-        spread_2d = ((targets - center_2d[:, None]).square() * weight).sum(dim=(1, 2)).sqrt()
-        spread_3d = (
-            ((points[..., :2] - center_3d[:, None, :2]).square() * weight).sum(dim=(1, 2)).sqrt()
-        )
-        valid = self.valid & (spread_2d > 0)
-        ratio = torch.where(
-            valid, spread_3d / spread_2d.clamp(min=1e-9), 2.0 / camera.image_size[:, 1]
-        )
-        depth = camera.focal_length.mean(dim=-1) * ratio
-        center_2d = torch.where(valid[:, None], center_2d, camera.principal_point)
-        center_3d = torch.where(valid[:, None], center_3d, vertices.mean(dim=1))
-        xy = (center_2d - camera.principal_point) / camera.focal_length * depth[:, None]
-        return torch.cat([xy - center_3d[:, :2], (depth - center_3d[:, 2])[:, None]], dim=-1)
+        return body_output.vertices.gather(1, self.vertex[..., None].expand(-1, -1, 3))
 
     def torso(self) -> VertexTargetsTerm:
         """The camera stage's view: the targets on :data:`TORSO_PARTS` (all targets when parts
@@ -176,6 +115,7 @@ class VertexTargetsTerm(DataTerm):
         if self.parts is not None:
             torso = torch.isin(self.parts, torch.tensor(TORSO_PARTS, device=self.parts.device))
             view.used = self.used & torso
+            view.weights = torch.where(view.used, self.weights, 0.0)
             view.valid = view.used.any(dim=-1)
         return view
 
@@ -207,7 +147,42 @@ class FlowTerm(VertexTargetsTerm):
         rho, crop_size, reference_points: as :class:`VertexTargetsTerm` (100 px, 224 px, 25).
     Raises:
         ValueError: neither or both forms given, or inputs of the wrong shape.
+
+    Input: ``fit(..., displacements=...)``, form (a) ``(B, 2, H, W)`` / ``(B, H, W, 2)`` arrays
+    (with the initial parameters they were predicted on) or form (b)
+    ``{"targets": (B, V, 2), "visible": (B, V)}``. Dataset folders do not hold displacements:
+    ``refine`` predicts them with the displacement network, or takes the exact field.
     """
+
+    keyword = "displacements"
+
+    @classmethod
+    def read(cls, value: Any, errors: list[str] | None = None) -> Any:
+        """Form (a) or (b) as given, shapes checked
+        (:func:`fitkit.io.inputs.read_displacements`)."""
+        return read_displacements(value)
+
+    @classmethod
+    def from_observations(cls, observations: Any, context: TermContext) -> FlowTerm:
+        """Form (b) from a ``{"targets", "visible"}`` dict; form (a) from per-pixel
+        displacements rendered at the initial bodies of ``context.init``.
+
+        Raises:
+            FitInputError: per-pixel displacements without all initial parameters.
+        """
+        if isinstance(observations, Mapping):
+            return cls(targets=observations["targets"], visible=observations["visible"],
+                       body=context.body, **context.options)
+        missing = [key for key in PARAM_SIZES if key not in context.init]
+        if missing:
+            raise FitInputError(
+                "data_term='flow' with per-pixel displacements needs the initial parameters "
+                f"they were predicted on (init=...; missing {', '.join(missing)})"
+            )
+        with torch.no_grad():
+            vertices = context.body(**{key: context.init[key] for key in PARAM_SIZES}).vertices
+        return cls(displacements=observations, init_vertices=vertices, camera=context.camera,
+                   body=context.body, **context.options)
 
     def __init__(
         self,
@@ -379,7 +354,7 @@ def exact_displacements(
 
     Per vertex ``D_i = P(v_i^gt) - P(v_i^init)`` (Eq. 1); per pixel of the render of the
     initial mesh, the barycentric interpolation of ``D`` over its visible triangle (Eq. 2,
-    :func:`fitkit.render.vertex_to_pixel`).
+    :func:`fitkit.render.displacement_field`).
 
     Args:
         body: the body model.
@@ -394,12 +369,8 @@ def exact_displacements(
     """
     with torch.no_grad():
         camera = camera.to(device=body.device, dtype=body.dtype)
-        gt_vertices = body(**gt_params).vertices
-        init_vertices = body(**init_params).vertices
-        displacement = camera.project(gt_vertices) - camera.project(init_vertices)
-        fragments = rasterize(init_vertices, body.faces, camera, image_size, backend=backend)
-        field = vertex_to_pixel(displacement, body.faces, fragments)
-    return field.permute(0, 3, 1, 2).contiguous()
+        return displacement_field(body(**gt_params).vertices, body(**init_params).vertices,
+                                  body.faces, camera, image_size=image_size, backend=backend)
 
 
 def _float_tensor(value: Tensor | np.ndarray) -> Tensor:
