@@ -10,9 +10,10 @@ estimates), one with exact keypoints and one with detector-like keypoints::
     python -m fitkit.synth --out WORK/detector --num 200 --seed 1 --keypoint-noise detector
 
 then refines them with every data term (exact keypoints, detector-like keypoints, DensePose IUV,
-the exact displacement field) and prior (GMM, VPoser, cNF), as ``python -m fitkit.refine`` does
-(``--preset refine``), and prints a Markdown table (also written to ``WORK/table.md``). Runs are
-kept in ``WORK/runs/TERM-PRIOR`` and resumed, so an interrupted script continues where it stopped.
+the exact displacement field, keypoints and DensePose together) and prior (GMM, VPoser, cNF), as
+``python -m fitkit.refine`` does (``--preset refine``), and prints a Markdown table (also written
+to ``WORK/table.md``). Runs are kept in ``WORK/runs/TERM-PRIOR`` and resumed, so an interrupted
+script continues where it stopped.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ DATA_TERMS = {
     "detector-like keypoints": ("detector", "keypoints", None, None),
     "DensePose IUV": ("exact", "densepose", None, None),
     "exact flow": ("exact", "flow", "exact", None),
+    "detector-like keypoints + DensePose IUV": ("detector", "keypoints,densepose", None, None),
+    "exact keypoints + DensePose IUV": ("exact", "keypoints,densepose", None, None),
 }
 """Row label -> (dataset, data term, flow source, data-term weight (None: the preset's)).
 
 The refine preset weighs keypoints 1 (meant for detections) and the dense terms 10; exact
-keypoints do best at 3 on the validation set, so that row gives them their best weight too."""
+keypoints do best at 3 on the validation set, so that row gives them their best weight too.
+Two terms (``"keypoints,densepose"``) add their energies, each at the preset's weight."""
 
 PRIORS = {"GMM": "gmm", "VPoser": "vposer", "cNF": "cnf"}
 

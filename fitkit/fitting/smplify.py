@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -35,12 +34,11 @@ from torch import Tensor
 from fitkit.body import BodyModel, BodyOutput
 from fitkit.body.model import PARAM_SIZES
 from fitkit.fitting.config import FitConfig, StageConfig, preset
+from fitkit.fitting.result import FitResult
+from fitkit.fitting.solver import FitBatch, build_terms
 from fitkit.geometry import Camera
 from fitkit.priors import LatentPosePrior, PosePrior, bending_energy, shape_energy
 from fitkit.terms import TERMS, DataTerm
-
-FLAG_NAMES: tuple[str, ...] = ("nan", "diverged", "no_data")
-"""Per-sample flags of a :class:`FitResult`."""
 
 LBFGS_STEP_ITERATIONS = 20
 """L-BFGS iterations per optimizer step (torch's ``max_iter``); the per-sample guard acts
@@ -106,40 +104,6 @@ def pose_space(prior: PosePrior | None, context: Tensor | None = None) -> PoseSp
     if isinstance(prior, LatentPosePrior):
         return LatentPoseSpace(prior, context)
     return PoseSpace(prior, context)
-
-
-@dataclass
-class FitResult:
-    """What :meth:`SMPLify.fit` returns (all tensors detached, batch B).
-
-    Attributes:
-        params: ``global_orient`` (B, 3), ``body_pose`` (B, 69) axis-angle, ``betas`` (B, 10),
-            ``transl`` (B, 3), ``focal_length`` (B, 2), ``camera_center`` (B, 2): the layout of
-            the parameter files (``docs/formats.md``).
-        vertices: ``(B, V, 3)`` fitted vertices, camera frame.
-        joints: ``(B, 24, 3)`` fitted SMPL joints, camera frame.
-        energy: ``(B,)`` the last stage's total energy at the returned parameters.
-        terms: the last stage's weighted energies by term name (data terms by their names,
-            ``pose_prior``, ``shape_prior``, ``bending``, ``depth``), each ``(B,)``; they sum
-            to ``energy``.
-        stages: per stage, ``{"energy": (B,), "terms": {name: (B,)}}`` at its best iterate.
-        flags: ``nan``, ``diverged``, ``no_data``: ``(B,)`` bool each.
-        timings: seconds per stage name and ``"total"``.
-    """
-
-    params: dict[str, Tensor]
-    vertices: Tensor
-    joints: Tensor
-    energy: Tensor
-    terms: dict[str, Tensor]
-    stages: list[dict[str, Tensor | dict[str, Tensor]]]
-    flags: dict[str, Tensor]
-    timings: dict[str, float]
-
-    @property
-    def ok(self) -> Tensor:
-        """``(B,)`` bool: samples with no flag set."""
-        return ~torch.stack(list(self.flags.values())).any(dim=0)
 
 
 class _Tracker:
@@ -282,6 +246,24 @@ class SMPLify:
 
     __call__ = fit
 
+    def solve(self, batch: FitBatch) -> FitResult:
+        """The solver seam (:class:`~fitkit.fitting.Solver`): build the batch's data terms from
+        their observations (with the config's ``term_options``) and :meth:`fit` them.
+
+        Raises:
+            ValueError: a batch with sample groups (shared parameters are not fitted yet), or
+                inputs that disagree (see :meth:`fit`).
+        """
+        if batch.groups:
+            raise ValueError("SMPLify does not fit sample groups (shared parameters) yet")
+        camera = batch.camera.to(self.body.device, self.body.dtype)
+        start = time.perf_counter()
+        terms = build_terms(batch, self.body, self.config.term_options)
+        built = time.perf_counter() - start
+        result = self.fit(terms, camera, batch.init, batch.prior_context)
+        result.timings["data_term"] = built
+        return result
+
     def _run_stage(
         self,
         stage: StageConfig,
@@ -380,6 +362,8 @@ class SMPLify:
         if stage.depth_weight:
             depth_error = (values["transl"][:, 2] - anchor_z).square()
             energies["depth"] = stage.depth_weight**2 * depth_error
+        if not energies:  # every weight of the stage is zero: nothing to minimize
+            return values["transl"].new_zeros(values["transl"].shape[0]), energies
         total = torch.stack(list(energies.values())).sum(dim=0)
         return total, energies
 
@@ -449,15 +433,23 @@ class SMPLify:
             return state
         with torch.no_grad():
             output = self.body(**{name: state[name] for name in PARAM_SIZES if name != "transl"})
-            for term in terms.values():
+            transl, filled = None, torch.zeros(batch_size, dtype=torch.bool, device=like["device"])
+            for term in terms.values():  # per sample, the first term with data for it
                 estimate = term.estimate_transl(output, camera)
-                if estimate is not None:
-                    state["transl"] = estimate.to(**like)
-                    return state
-        raise ValueError(
-            "no initial transl given and no data term can estimate one "
-            f"(terms: {', '.join(terms)})"
-        )
+                if estimate is None:
+                    continue
+                estimate = estimate.to(**like)
+                take = term.valid & ~filled if transl is not None else torch.ones_like(filled)
+                transl = estimate if transl is None else torch.where(take[:, None], estimate,
+                                                                     transl)
+                filled = filled | term.valid
+        if transl is None:
+            raise ValueError(
+                "no initial transl given and no data term can estimate one "
+                f"(terms: {', '.join(terms)})"
+            )
+        state["transl"] = transl
+        return state
 
     def _synchronize(self) -> None:
         """Wait for the device (for timings; outside the iteration loop)."""

@@ -1,0 +1,7 @@
+"""``python -m fitkit.refine``."""
+
+import sys
+
+from fitkit.refine.cli import main
+
+sys.exit(main())

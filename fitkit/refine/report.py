@@ -1,0 +1,148 @@
+"""What a finished refine run reports: ``results.npz`` merged from the parts, ``metrics.json``
+(computed in chunks: never all meshes in memory), the text table, and overlay pictures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from fitkit.body import BodyModel
+from fitkit.eval import body_metrics
+from fitkit.geometry import Camera
+from fitkit.io.dataset import Dataset
+from fitkit.io.params import PARAM_SIZES
+from fitkit.io.runs import atomic_write
+from fitkit.viz import compare
+
+METRICS = ("mpjpe", "pa_mpjpe", "pve", "pa_pve")
+"""Metrics of ``metrics.json`` (mm)."""
+
+CHUNK = 64
+"""Bodies evaluated at once for metrics and pictures."""
+
+
+def merge_parts(parts: list[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
+    """The rows of ``names`` from the parts, in that order (energy terms a part lacks are NaN;
+    the first part holding a name gives its row)."""
+    rows: dict[str, tuple[dict[str, np.ndarray], int]] = {}
+    for part in parts:
+        for row, name in enumerate(part["image_names"].tolist()):
+            rows.setdefault(name, (part, row))
+    keys = sorted({key for part in parts for key in part} - {"image_names"})
+    merged = {"image_names": np.array(names)}
+    for key in keys:
+        sample = next(part[key] for part in parts if key in part)
+        fill = np.nan if sample.dtype.kind == "f" else np.zeros((), sample.dtype)
+        merged[key] = np.stack([
+            part[key][row] if key in part else np.full(sample.shape[1:], fill, sample.dtype)
+            for part, row in (rows[name] for name in names)
+        ])
+    return merged
+
+
+def bodies(body: BodyModel, params: Mapping[str, np.ndarray],
+           chunk: int = CHUNK) -> Iterator[tuple[Tensor, Tensor]]:
+    """Joints ``(n, 24, 3)`` and vertices ``(n, V, 3)`` of parameter rows, ``chunk`` rows at a
+    time, on the CPU."""
+    count = len(params["betas"])
+    like = {"device": body.device, "dtype": body.dtype}
+    for start in range(0, count, chunk):
+        # no_grad around the call only: a grad-mode context held across a yield would leak
+        # into the caller and, with two such generators interleaved, stay switched off
+        with torch.no_grad():
+            out = body(**{key: torch.as_tensor(params[key][start:start + chunk]).to(**like)
+                          for key in PARAM_SIZES})
+        yield out.joints.cpu(), out.vertices.cpu()
+
+
+def per_sample_metrics(body: BodyModel, params: Mapping[str, np.ndarray],
+                       gt: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """:data:`METRICS` of every row ``(N,)`` mm, computed chunk by chunk."""
+    values: dict[str, list[Tensor]] = {name: [] for name in METRICS}
+    for (joints, vertices), (gt_joints, gt_vertices) in zip(
+            bodies(body, params), bodies(body, gt), strict=True):
+        chunk = body_metrics(joints, gt_joints, vertices, gt_vertices)
+        for name in METRICS:
+            values[name].append(chunk[name])
+    return {name: torch.cat(value) for name, value in values.items()}
+
+
+def compute_metrics(
+    body: BodyModel, dataset: Dataset, results: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+    """Before/after metrics over the samples without flags (means, mm) and flag counts."""
+    flags = {key[5:]: results[key] for key in results if key.startswith("flag_")}
+    ok = ~np.any(np.stack(list(flags.values())), axis=0)
+    document: dict[str, Any] = {
+        "num_images": len(dataset.names),
+        "num_valid": int(ok.sum()),
+        "flagged": {name: int(value.sum()) for name, value in flags.items()},
+        "units": "mm",
+    }
+    if dataset.gt is None:
+        return document
+    for label, params in (("init", dataset.init), ("refined", results)):
+        values = per_sample_metrics(body, params, dataset.gt)
+        document[label] = {
+            name: float(values[name][torch.as_tensor(ok)].mean()) if ok.any() else None
+            for name in METRICS
+        }
+    return document
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> str:
+    """``metrics.json`` as a small text table (before/after, mm)."""
+    if "init" not in metrics:
+        return "(no gt.npz: no metrics)"
+    header = f"{'':10}" + "".join(f"{name.upper().replace('_', '-'):>10}" for name in METRICS)
+    lines = [header]
+    for label in ("init", "refined"):
+        values = metrics[label]
+        lines.append(f"{label:10}" + "".join(
+            f"{values[name]:>10.1f}" if values[name] is not None else f"{'-':>10}"
+            for name in METRICS))
+    return "\n".join(lines)
+
+
+def write_overlays(
+    body: BodyModel, dataset: Dataset, results: Mapping[str, np.ndarray], folder: Path,
+    count: int,
+) -> list[Path]:
+    """``folder/NAME.png`` (image | initial mesh | refined mesh) for the first ``count``
+    images that have one."""
+    written: list[Path] = []
+    if count <= 0:
+        return written
+    faces = body.faces.long().cpu()
+    for row, name in enumerate(dataset.names):
+        if len(written) >= count:
+            break
+        path = dataset.image_path(name)
+        if not path.is_file():
+            continue
+        try:
+            with Image.open(path) as file:
+                image = np.asarray(file.convert("RGB"))
+        except OSError:
+            continue
+        height, width = image.shape[:2]
+        pick = {key: value[row:row + 1] for key, value in dataset.init.items()}
+        refined = {key: value[row:row + 1] for key, value in results.items() if key in PARAM_SIZES}
+        (_, init_vertices), = bodies(body, pick)
+        (_, refined_vertices), = bodies(body, refined)
+        camera = Camera(torch.as_tensor(results["focal_length"][row:row + 1]),
+                        torch.as_tensor(results["camera_center"][row:row + 1]),
+                        torch.tensor([[float(width), float(height)]]))
+        picture = compare(image, {"init": init_vertices[0], "refined": refined_vertices[0]},
+                          faces, camera)
+        target = folder / f"{name}.png"
+        atomic_write(target, lambda tmp, picture=picture: Image.fromarray(picture).save(
+            tmp, format="PNG"))
+        written.append(target)
+    return written
