@@ -33,9 +33,9 @@ def body_params(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class Recorded(KeypointsTerm):
-    """Keypoints that record sample 1 at every evaluation (its energy and vertices) and, from
-    evaluation ``after`` on, make its energy NaN (``mode="nan"``) or a million times larger
-    (``mode="diverge"``)."""
+    """Keypoints that record sample 1 at every evaluation (its energy and joints; a fit evaluates
+    only the vertices its terms read) and, from evaluation ``after`` on, make its energy NaN
+    (``mode="nan"``) or a million times larger (``mode="diverge"``)."""
 
     def __init__(self, keypoints, mode: str | None = None, after: int = 0, **options) -> None:
         super().__init__(keypoints, **options)
@@ -46,7 +46,7 @@ class Recorded(KeypointsTerm):
     def energy(self, body_output, camera):
         energy = super().energy(body_output, camera)
         failing = self.mode is not None and len(self.seen) >= self.after
-        self.seen.append((energy[1].detach().clone(), body_output.vertices[1].detach().clone()))
+        self.seen.append((energy[1].detach().clone(), body_output.joints[1].detach().clone()))
         if not failing:
             return energy
         bad = torch.full_like(energy, torch.nan) if self.mode == "nan" else 1e6 * energy
@@ -113,7 +113,7 @@ def test_result_is_the_best_iterate_not_the_last(body):
     best = int(energies.argmin())
     assert energies[-1] > energies[best] and best > 0
     torch.testing.assert_close(result.energy[1], energies[best])
-    torch.testing.assert_close(result.vertices[1], term.seen[best][1])
+    torch.testing.assert_close(result.joints[1], term.seen[best][1])
 
 
 def test_the_iterate_after_the_last_step_counts(body):
@@ -151,9 +151,9 @@ def test_failing_sample_is_frozen_on_its_best_iterate_and_the_other_fits_as_if_a
     energies = torch.stack([energy for energy, _ in term.seen[:after]])
     best = term.seen[int(energies.argmin())][1]
     assert len(term.seen) > after + 5
-    for _, vertices in term.seen[after + 1 :]:
-        torch.testing.assert_close(vertices, best)
-    torch.testing.assert_close(result.vertices[1], best)
+    for _, joints in term.seen[after + 1 :]:
+        torch.testing.assert_close(joints, best)
+    torch.testing.assert_close(result.joints[1], best)
     if after == 1:  # failed before its first step: it keeps its initial parameters exactly
         for name in PARAMS:
             torch.testing.assert_close(result.params[name][1], init[name][1], rtol=0, atol=0)

@@ -10,6 +10,7 @@ LSmallToe LHeel RBigToe RSmallToe RHeel``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,13 +69,38 @@ class KeypointSelector:
     marker_ids: Tensor | None
     source: str
 
-    def select(self, name: str, vertices: Tensor, joints: Tensor) -> Tensor:
+    def vertex_ids(self, name: str) -> Tensor | None:
+        """The body vertices the set ``name`` reads: ``(K,)`` long (empty for ``smpl24``), or
+        ``None`` for ``vertices`` (all of them).
+
+        Raises:
+            ValueError: unknown set, or a set this body does not have.
+        """
+        if name == "smpl24":
+            return self.openpose_map.new_zeros(0)
+        if name == "vertices":
+            return None
+        if name == "openpose25" and self.openpose_vertex_ids is not None:
+            return self.openpose_vertex_ids
+        if name == "markers" and self.marker_ids is not None:
+            return self.marker_ids
+        if name not in KEYPOINT_SETS:
+            raise ValueError(f"unknown keypoint set {name!r}; known sets: "
+                             f"{', '.join(KEYPOINT_SETS)}")
+        keys = ("'vertex_ids_names'/'vertex_ids'" if name == "openpose25"
+                else "'marker_names'/'marker_ids'")
+        raise ValueError(f"body model {self.source} has no {name!r} keypoints (keys {keys})")
+
+    def select(self, name: str, vertices_at: Callable[[Tensor], Tensor], joints: Tensor,
+               vertices: Tensor) -> Tensor:
         """The keypoints of set ``name``.
 
         Args:
             name: one of ``KEYPOINT_SETS``.
-            vertices: ``(B, V, 3)`` posed vertices.
+            vertices_at: the posed vertices of given vertex ids, ``(K,)`` -> ``(B, K, 3)``
+                (:meth:`fitkit.body.BodyOutput.vertices_at`).
             joints: ``(B, 24, 3)`` posed SMPL joints.
+            vertices: ``(B, V, 3)`` all posed vertices (for the set ``vertices``).
         Returns:
             ``(B, K, 3)``: K = 24 (``smpl24``), 25 (``openpose25``), M (``markers``) or
             V (``vertices``).
@@ -89,7 +115,7 @@ class KeypointSelector:
                     f"body model {self.source} has no OpenPose vertex keypoints (keys "
                     "'vertex_ids_names'/'vertex_ids'), so its 'openpose25' set is unavailable"
                 )
-            points = torch.cat([joints, vertices[:, self.openpose_vertex_ids]], dim=1)
+            points = torch.cat([joints, vertices_at(self.openpose_vertex_ids)], dim=1)
             return points[:, self.openpose_map]
         if name == "markers":
             if self.marker_ids is None:
@@ -97,5 +123,5 @@ class KeypointSelector:
                     f"body model {self.source} has no markers (keys 'marker_names'/'marker_ids'),"
                     " so its 'markers' set is unavailable"
                 )
-            return vertices[:, self.marker_ids]
+            return vertices_at(self.marker_ids)
         raise ValueError(f"unknown keypoint set {name!r}; known sets: {', '.join(KEYPOINT_SETS)}")

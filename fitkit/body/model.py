@@ -35,6 +35,7 @@ from fitkit.body.loaders import (
     read_body_file,
     resolve_body_path,
 )
+from fitkit.body.skinning import skinning_from_arrays
 from fitkit.io.params import PARAM_SIZES
 
 
@@ -43,14 +44,36 @@ class BodyOutput:
     """What ``BodyModel.forward`` returns.
 
     Attributes:
-        vertices: ``(B, V, 3)`` posed vertices (meters).
+        vertices: ``(B, K, 3)`` posed vertices (meters): all V of them, or the K of
+            ``vertex_ids`` when the forward pass evaluated only those.
         joints: ``(B, 24, 3)`` posed SMPL joints.
         selector: the vertex-based keypoints of the body that produced this output.
+        vertex_ids: ``(K,)`` long, the body's ids of the rows of ``vertices``, or ``None`` when
+            ``vertices`` holds every vertex.
+        vertex_position: ``(V,)`` long, the row of each body vertex in ``vertices`` (K for the
+            vertices not evaluated), with ``vertex_ids``.
     """
 
     vertices: Tensor
     joints: Tensor
     selector: KeypointSelector
+    vertex_ids: Tensor | None = None
+    vertex_position: Tensor | None = None
+
+    def vertices_at(self, ids: Tensor) -> Tensor:
+        """The posed vertices of the body's vertex ids ``ids``.
+
+        Args:
+            ids: ``(N,)`` or ``(B, N)`` long vertex ids of the body.
+        Returns:
+            ``(B, N, 3)``. On a sparse output (``vertex_ids``) an id it did not evaluate maps
+            past the end of ``vertices`` and indexing fails (no silent wrong vertex).
+        """
+        if self.vertex_position is not None:
+            ids = self.vertex_position[ids]
+        if ids.ndim == 1:
+            return self.vertices[:, ids]
+        return self.vertices.gather(1, ids[..., None].expand(-1, -1, 3))
 
     def keypoints(self, name: str) -> Tensor:
         """Keypoints of set ``name``: ``smpl24``, ``openpose25``, ``markers`` or ``vertices``.
@@ -60,7 +83,7 @@ class BodyOutput:
         Raises:
             ValueError: unknown set, or a set this body does not have.
         """
-        return self.selector.select(name, self.vertices, self.joints)
+        return self.selector.select(name, self.vertices_at, self.joints, self.vertices)
 
 
 class BodyModel(nn.Module):
@@ -88,6 +111,9 @@ class BodyModel(nn.Module):
         self.marker_names = data.marker_names
         self.num_vertices = data.num_vertices
         self.smpl = _build_smpl(data, dtype)
+        self.skinning = skinning_from_arrays(data.v_template, data.shapedirs, data.posedirs,
+                                             data.J_regressor, data.weights, SMPL_PARENTS,
+                                             dtype)
         self.register_buffer("faces", torch.as_tensor(data.faces, dtype=torch.long))
         self.register_buffer("parents", torch.tensor(SMPL_PARENTS, dtype=torch.long))
         self.register_buffer("vt", _optional(data.vt, dtype))
@@ -136,27 +162,61 @@ class BodyModel(nn.Module):
             f"(named sets: {', '.join(s for s in self.keypoint_sets if s != 'vertices')})"
         )
 
+    @property
+    def selector(self) -> KeypointSelector:
+        """The vertex-based keypoints of this body."""
+        return KeypointSelector(self.openpose_vertex_ids, self.openpose_map, self.marker_ids,
+                                self.source)
+
     def forward(
         self,
         global_orient: Tensor | None = None,
         body_pose: Tensor | None = None,
         betas: Tensor | None = None,
         transl: Tensor | None = None,
+        vertex_ids: Tensor | None = None,
     ) -> BodyOutput:
-        """Pose and shape the body.
+        """Pose and shape the body (:mod:`fitkit.body.skinning`).
 
         Args:
             global_orient: ``(B, 3)`` axis-angle of the root.
             body_pose: ``(B, 69)`` axis-angle of joints 1-23.
             betas: ``(B, 10)`` shape coefficients.
             transl: ``(B, 3)`` translation (meters), added to every vertex and joint.
+            vertex_ids: ``(K,)`` long: evaluate only these vertices (an empty tensor: joints
+                only); ``None``: all of them. Joints are always exact.
             Missing inputs are zero; B comes from those given (1 when none is). Inputs are cast
             to the model's dtype (differentiably) and must be on its device.
         Returns:
-            ``BodyOutput`` with ``vertices`` ``(B, V, 3)`` and ``joints`` ``(B, 24, 3)``.
+            ``BodyOutput`` with ``vertices`` ``(B, V, 3)`` (``(B, K, 3)`` with ``vertex_ids``)
+            and ``joints`` ``(B, 24, 3)``.
         Raises:
             ValueError: an input of the wrong shape, or inputs that disagree on B.
         """
+        params = self._params(global_orient, body_pose, betas, transl)
+        joints, vertices = self.skinning(**params, vertex_ids=vertex_ids)
+        position = None
+        if vertex_ids is not None:
+            position = torch.full((self.num_vertices,), len(vertex_ids), dtype=torch.long,
+                                  device=vertex_ids.device)
+            position[vertex_ids] = torch.arange(len(vertex_ids), device=vertex_ids.device)
+        return BodyOutput(vertices, joints, self.selector, vertex_ids, position)
+
+    def smplx_forward(
+        self,
+        global_orient: Tensor | None = None,
+        body_pose: Tensor | None = None,
+        betas: Tensor | None = None,
+        transl: Tensor | None = None,
+    ) -> BodyOutput:
+        """The same bodies through ``smplx.SMPL`` (every vertex, smplx's kinematic chain): the
+        reference :meth:`forward` is tested and benchmarked against."""
+        output = self.smpl(**self._params(global_orient, body_pose, betas, transl))
+        return BodyOutput(output.vertices, output.joints[:, :NUM_JOINTS], self.selector)
+
+    def _params(self, global_orient: Tensor | None, body_pose: Tensor | None,
+                betas: Tensor | None, transl: Tensor | None) -> dict[str, Tensor]:
+        """The four parameters checked, zero where missing, in the model's dtype."""
         given = {
             "global_orient": global_orient,
             "body_pose": body_pose,
@@ -175,14 +235,7 @@ class BodyModel(nn.Module):
             elif value.ndim != 2 or value.shape[1] != size:
                 raise ValueError(f"{name} must have shape (B, {size}), got {tuple(value.shape)}")
             params[name] = value.to(self.dtype)
-        output = self.smpl(**params)
-        return BodyOutput(
-            vertices=output.vertices,
-            joints=output.joints[:, :NUM_JOINTS],
-            selector=KeypointSelector(
-                self.openpose_vertex_ids, self.openpose_map, self.marker_ids, self.source
-            ),
-        )
+        return params
 
     def extra_repr(self) -> str:
         return f"source={self.source}, num_vertices={self.num_vertices}"

@@ -24,9 +24,10 @@ hold axis-angle ``body_pose``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -171,11 +172,23 @@ class SMPLify:
         prior: the pose prior (any :class:`PosePrior`; latent priors are optimized through their
             latent), or ``None`` for none.
         config: a :class:`FitConfig` or a preset name (``"spin"``, ``"refine"``).
+        evaluation: how the body is evaluated inside the iteration loop: ``"sparse"`` (default:
+            the joints and only the vertices the data terms declare,
+            :meth:`fitkit.terms.DataTerm.body_vertices`), ``"full"`` (every vertex), or
+            ``"smplx"`` (every vertex through ``smplx``, the reference the benchmarks compare
+            with). The returned mesh is always complete; the three give the same fit up to
+            float rounding.
     """
 
+    EVALUATIONS = ("sparse", "full", "smplx")
+
     def __init__(
-        self, body: BodyModel, prior: PosePrior | None = None, config: FitConfig | str = "spin"
+        self, body: BodyModel, prior: PosePrior | None = None, config: FitConfig | str = "spin",
+        evaluation: str = "sparse",
     ) -> None:
+        if evaluation not in self.EVALUATIONS:
+            raise ValueError(f"evaluation must be one of {self.EVALUATIONS}, got {evaluation!r}")
+        self.evaluation = evaluation
         if isinstance(config, str):
             config = preset(config)
         self.body = body
@@ -210,6 +223,7 @@ class SMPLify:
         space = pose_space(self.prior, prior_context)
         state = self._initial_state(terms, camera, init or {}, batch_size)
         anchor_z = state["transl"][:, 2].clone()
+        evaluate = self._evaluator(terms)
 
         no_data = ~torch.stack([term.valid for term in terms.values()]).any(dim=0)
         active = ~no_data
@@ -218,7 +232,8 @@ class SMPLify:
         fit_start = time.perf_counter()
         for stage in self.config.stages:
             stage_start = time.perf_counter()
-            tracker = self._run_stage(stage, state, space, terms, camera, anchor_z, active)
+            tracker = self._run_stage(stage, state, space, terms, camera, anchor_z, active,
+                                      evaluate)
             active = tracker.active
             flags["nan"] = flags["nan"] | tracker.nan
             flags["diverged"] = flags["diverged"] | tracker.diverged
@@ -273,6 +288,7 @@ class SMPLify:
         camera: Camera,
         anchor_z: Tensor,
         active: Tensor,
+        evaluate: Callable[..., BodyOutput],
     ) -> _Tracker:
         """Run one stage, update ``state`` to its per-sample best iterate, return its tracker."""
         stage_terms = {
@@ -288,7 +304,7 @@ class SMPLify:
 
         def objective() -> tuple[Tensor, dict[str, Tensor]]:
             values = {**state, **free}
-            return self._energy(stage, values, space, stage_terms, camera, anchor_z)
+            return self._energy(stage, values, space, stage_terms, camera, anchor_z, evaluate)
 
         with torch.no_grad():
             start, start_terms = objective()
@@ -334,11 +350,12 @@ class SMPLify:
         terms: dict[str, DataTerm],
         camera: Camera,
         anchor_z: Tensor,
+        evaluate: Callable[..., BodyOutput],
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The stage's objective: ``(B,)`` total and its ``(B,)`` weighted terms by name."""
         pose_free = "body_pose" in stage.optimize
         body_pose = space.decode(values[space.variable]) if pose_free else values["body_pose"]
-        output: BodyOutput = self.body(
+        output: BodyOutput = evaluate(
             global_orient=values["global_orient"],
             body_pose=body_pose,
             betas=values["betas"],
@@ -366,6 +383,19 @@ class SMPLify:
             return values["transl"].new_zeros(values["transl"].shape[0]), energies
         total = torch.stack(list(energies.values())).sum(dim=0)
         return total, energies
+
+    def _evaluator(self, terms: dict[str, DataTerm]) -> Callable[..., BodyOutput]:
+        """The body evaluation of the iteration loop (``evaluation``): for ``"sparse"``, the
+        union of the vertices the terms read (all when one of them needs all)."""
+        if self.evaluation == "smplx":
+            return self.body.smplx_forward
+        if self.evaluation == "full":
+            return self.body
+        needed = [term.body_vertices(self.body) for term in terms.values()]
+        if any(ids is None for ids in needed):
+            return self.body
+        ids = torch.unique(torch.cat([ids.to(self.body.device) for ids in needed]))
+        return functools.partial(self.body, vertex_ids=ids)
 
     @staticmethod
     def _optimizer(stage: StageConfig, params: list[Tensor]) -> torch.optim.Optimizer:

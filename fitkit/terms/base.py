@@ -141,6 +141,13 @@ class DataTerm:
         """
         raise NotImplementedError
 
+    def body_vertices(self, body: BodyModel) -> Tensor | None:
+        """The body's vertex ids this term reads from a posed body, ``(K,)`` long (empty: joints
+        only), or ``None`` for all of them (the default). A fitter evaluates only these inside
+        its loop (:meth:`fitkit.body.BodyModel.forward`'s ``vertex_ids``), so a term that
+        declares them costs a few dozen vertices instead of thousands."""
+        return None
+
     def torso(self) -> DataTerm:
         """The term a camera stage uses (``StageConfig.torso_only``): observations of the
         torso only, which a rigid body with an unknown pose can already explain.

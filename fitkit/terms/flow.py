@@ -77,7 +77,10 @@ class VertexTargetsTerm(ReprojectionTerm):
         reference_points: float = REFERENCE_POINTS,
     ) -> None:
         used = used & targets.isfinite().all(dim=-1)
-        self.vertex = vertex
+        # targets that do not count point at one that does, so that a body evaluated only at
+        # the targeted vertices (body_vertices) has every vertex this term gathers
+        anchor = vertex[used][:1] if bool(used.any()) else vertex.new_zeros(1)
+        self.vertex = torch.where(used, vertex, anchor)
         self.num_vertices = num_vertices
         self.parts = parts
         self.reference_points = reference_points
@@ -94,7 +97,8 @@ class VertexTargetsTerm(ReprojectionTerm):
 
     def check_vertices(self, body_output: BodyOutput) -> None:
         """Raise ``ValueError`` unless the body has the vertices the targets refer to."""
-        count = body_output.vertices.shape[1]
+        count = (body_output.vertices.shape[1] if body_output.vertex_position is None
+                 else body_output.vertex_position.shape[0])
         if count != self.num_vertices:
             raise ValueError(
                 f"{type(self).__name__}: targets refer to a body of {self.num_vertices} "
@@ -104,7 +108,12 @@ class VertexTargetsTerm(ReprojectionTerm):
     def points(self, body_output: BodyOutput) -> Tensor:
         """``(B, N, 3)`` the targeted vertices."""
         self.check_vertices(body_output)
-        return body_output.vertices.gather(1, self.vertex[..., None].expand(-1, -1, 3))
+        return body_output.vertices_at(self.vertex)
+
+    def body_vertices(self, body: BodyModel) -> Tensor:
+        """The vertices that have a target in some sample (the flow and DensePose terms read
+        only those)."""
+        return torch.unique(self.vertex[self.used])
 
     def torso(self) -> VertexTargetsTerm:
         """The camera stage's view: the targets on :data:`TORSO_PARTS` (all targets when parts

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fitkit.body import OPENPOSE25_NAMES, BodyOutput
+from fitkit.body import OPENPOSE25_NAMES, BodyModel, BodyOutput
 from fitkit.io.inputs import read_keypoints
 from fitkit.terms.base import register_term
 from fitkit.terms.reprojection import CROP_BOX_SCALE, ReprojectionTerm
@@ -123,6 +123,10 @@ class KeypointsTerm(ReprojectionTerm):
     def points(self, body_output: BodyOutput) -> Tensor:
         """``(B, 25, 3)`` the body's ``openpose25`` keypoints."""
         return body_output.keypoints("openpose25")
+
+    def body_vertices(self, body: BodyModel) -> Tensor | None:
+        """The vertices of the body's ``openpose25`` set (11 of them: face and feet)."""
+        return body.selector.vertex_ids("openpose25")
 
     def torso(self) -> KeypointsTerm:
         """SMPLify's camera-stage term: the shoulders and hips, plain squared error, not

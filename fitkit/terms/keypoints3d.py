@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fitkit.body import OPENPOSE25_NAMES, SMPL_JOINT_NAMES, BodyOutput
+from fitkit.body import OPENPOSE25_NAMES, SMPL_JOINT_NAMES, BodyModel, BodyOutput
 from fitkit.geometry import Camera
 from fitkit.io.inputs import FitInputError, as_paths, record_error
 from fitkit.io.npz import FileKeyError, read_npz
@@ -258,6 +258,10 @@ class Keypoints3DTerm(DataTerm):
         self.targets = torch.where(self.used[..., None], keypoints[..., :3], 0.0)
         self.weights = torch.where(self.used, confidence.square() * self.joint_weights, 0.0)
         self.valid = self.used.any(dim=-1)
+
+    def body_vertices(self, body: BodyModel) -> Tensor | None:
+        """The vertices of the body's :attr:`keypoint_set` (none for ``smpl24``)."""
+        return body.selector.vertex_ids(self.keypoint_set)
 
     def points(self, body_output: BodyOutput) -> Tensor:
         """``(B, K, 3)`` the body's keypoints of :attr:`keypoint_set`, camera frame.

@@ -1,0 +1,107 @@
+"""Sparse evaluation of the body: joints and any vertex subset equal the full smplx evaluation,
+values and gradients, and terms read only what they declare."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fitkit
+from fitkit.body.keypoints import SMPL_PARENTS
+from fitkit.body.skinning import tree_levels
+
+
+@pytest.fixture(scope="module")
+def body():
+    return fitkit.load_body("open")
+
+
+def params(batch: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"global_orient": torch.randn(batch, 3, generator=generator),
+            "body_pose": 0.4 * torch.randn(batch, 69, generator=generator),
+            "betas": torch.randn(batch, 10, generator=generator),
+            "transl": torch.randn(batch, 3, generator=generator)}
+
+
+def test_the_tree_levels_visit_every_joint_after_its_parent() -> None:
+    levels = tree_levels(SMPL_PARENTS)
+    seen = {0}
+    for joints, parents in levels:
+        assert all(parent in seen for parent in parents)
+        seen |= set(joints)
+    assert seen == set(range(24)) and len(levels) == 8
+
+
+def test_full_evaluation_equals_smplx(body) -> None:
+    values = params()
+    ours, reference = body(**values), body.smplx_forward(**values)
+    assert torch.allclose(ours.joints, reference.joints, atol=2e-6)
+    assert torch.allclose(ours.vertices, reference.vertices, atol=2e-6)
+
+
+def test_sparse_vertices_and_keypoints_equal_the_full_ones_with_gradients(body) -> None:
+    ids = torch.tensor([5, 17, 4000, 6999, 123])
+    grads = {}
+    outputs = {}
+    for mode in ("full", "sparse"):
+        values = {key: value.clone().requires_grad_(True) for key, value in params().items()}
+        out = body(**values, vertex_ids=None if mode == "full" else ids)
+        picked = out.vertices_at(ids)
+        loss = picked.square().sum() + out.joints.pow(3).sum()
+        loss.backward()
+        outputs[mode] = (picked.detach(), out.joints.detach())
+        grads[mode] = {key: value.grad for key, value in values.items()}
+    assert torch.allclose(outputs["full"][0], outputs["sparse"][0], atol=1e-6)
+    assert torch.equal(outputs["full"][1], outputs["sparse"][1])
+    for key in grads["full"]:
+        assert torch.allclose(grads["full"][key], grads["sparse"][key], rtol=1e-4, atol=1e-4), key
+
+
+def test_keypoint_sets_from_a_sparse_output_equal_the_full_ones(body) -> None:
+    values = params()
+    full = body(**values)
+    for name in ("openpose25", "markers", "smpl24"):
+        sparse = body(**values, vertex_ids=body.selector.vertex_ids(name))
+        assert torch.allclose(sparse.keypoints(name), full.keypoints(name), atol=1e-6), name
+    joints_only = body(**values, vertex_ids=body.selector.vertex_ids("smpl24"))
+    assert joints_only.vertices.shape == (5, 0, 3)
+
+
+def test_a_sparse_output_refuses_a_vertex_it_did_not_evaluate(body) -> None:
+    out = body(**params(), vertex_ids=torch.tensor([1, 2, 3]))
+    with pytest.raises(IndexError):
+        out.vertices_at(torch.tensor([4]))
+    per_sample = out.vertices_at(torch.tensor([[3, 1], [2, 2], [1, 1], [3, 3], [2, 1]]))
+    assert torch.equal(per_sample[0, 0], out.vertices[0, 2])
+
+
+@pytest.mark.parametrize("term_name", ["keypoints", "flow"])
+def test_a_sparse_fit_equals_the_smplx_fit(body, term_name: str) -> None:
+    from fitkit.fitting import SMPLify, preset
+    from fitkit.geometry import Camera
+    from fitkit.terms import build_term, exact_displacements
+
+    camera = Camera.default(torch.tensor([[128.0, 128.0]] * 3))
+    truth = params(3, seed=1) | {"global_orient": torch.tensor([[3.1, 0.0, 0.0]] * 3),
+                                 "transl": torch.tensor([[0.0, 0.2, 4.0]] * 3)}
+    truth["body_pose"] = 0.3 * truth["body_pose"]
+    start = {key: value + 0.05 for key, value in truth.items()}
+    if term_name == "keypoints":
+        with torch.no_grad():
+            pixels = camera.project(body(**truth).keypoints("openpose25"))
+        term = build_term("keypoints", keypoints=torch.cat([pixels, torch.ones(3, 25, 1)], -1))
+    else:
+        with torch.no_grad():
+            field = exact_displacements(body, truth, start, camera)
+            term = build_term("flow", displacements=field, init_vertices=body(**start).vertices,
+                              camera=camera, body=body)
+    config = preset("refine").with_stages(iterations=15)
+    results = {mode: SMPLify(body, None, config, evaluation=mode).fit({term_name: term}, camera,
+                                                                      start)
+               for mode in ("sparse", "smplx")}
+    assert torch.allclose(results["sparse"].energy, results["smplx"].energy, rtol=1e-3)
+    for key in ("body_pose", "transl", "betas"):
+        assert torch.allclose(results["sparse"].params[key], results["smplx"].params[key],
+                              atol=1e-3), key
+    assert results["sparse"].vertices.shape == (3, body.num_vertices, 3)
