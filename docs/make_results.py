@@ -65,11 +65,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--iterations", type=int, help="iterations per stage (preset: 100)")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--rows", nargs="+", metavar="LABEL",
+                        help="only the rows whose label is one of these (default: all)")
     args = parser.parse_args()
 
     make_datasets(args.work, args.num, args.seed, args.size)
     rows = []
     for label, (dataset, term, flow, weight) in DATA_TERMS.items():
+        if args.rows and label not in args.rows:
+            continue
         for prior_label, prior in PRIORS.items():
             start = time.perf_counter()
             extra = {} if weight is None else {"term_weights": {term: weight}}

@@ -14,7 +14,11 @@ registered term names its ``fit`` keyword and reads arrays or files through :mod
 checks that the inputs agree, and hands them to a :class:`~fitkit.fitter.Fitter` (body model,
 pose prior, schedule and solver), reused across calls with the same settings. Samples are
 independent: a sample whose data holds no usable observation (an OpenPose file with nobody in
-it) keeps its initial parameters and is flagged ``no_data``.
+it) keeps its initial parameters and is flagged ``no_data``; a sample whose values cannot be
+fitted (a non-finite initial parameter, a body at or behind the camera, a focal length <= 0, an
+image size other than the given camera's) is not fitted, keeps its initial values, and is flagged
+``bad_input`` with its reason in ``result.errors``, while the others are fitted exactly as without
+it.
 """
 
 from __future__ import annotations
@@ -167,11 +171,13 @@ def fit(
             ``pose_prior_weight=[0, 3]``, ``term_weights={"keypoints": 2}`` (:func:`fit_config`).
     Returns:
         A :class:`FitResult`: ``params`` (``docs/formats.md`` layout), ``vertices``, ``joints``,
-        ``energy`` and ``terms`` per sample, ``flags``, ``timings``.
+        ``energy`` and ``terms`` per sample, ``flags``, ``timings``, and ``errors`` (why a
+        sample is flagged ``bad_input``, ``""`` for the others).
     Raises:
         FileNotFoundError: a missing file (named).
-        FitInputError: unknown data term, prior or setting; an input the data term needs is
-            missing; wrong shapes; batch sizes that disagree (both named).
+        FitInputError: unknown data term, prior or setting, or a setting out of range; an input
+            the data term needs is missing; wrong shapes; batch sizes that disagree (both
+            named); an unreadable or oversized image, a bad DensePose file (named).
         fitkit.io.OpenPoseError, fitkit.io.ParamsFileError: malformed files.
     """
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from torch import Tensor
 import fitkit
 from fitkit.body import BodyModel
 from fitkit.geometry import Camera, axis_angle_to_matrix
+from fitkit.io.runs import atomic_write, positive_int, run_command
 from fitkit.refine import metrics_table, refine_dataset
 from fitkit.render.shade import grid, shade, to_uint8
 from fitkit.synth import SynthConfig, generate_dataset
@@ -134,35 +135,39 @@ def header(body: BodyModel) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m fitkit.demo``."""
+    """Entry point of ``python -m fitkit.demo``; returns the exit code (0; 2: bad arguments or
+    an output folder another run is writing; 1: a failure of the machine such as a full disk or
+    an unwritable ``--out``: :func:`fitkit.io.runs.run_command`)."""
     parser = argparse.ArgumentParser(prog="python -m fitkit.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("fitkit_demo"), help="output folder")
-    parser.add_argument("--num", type=int, default=8, help="images (default 8)")
+    parser.add_argument("--num", type=positive_int, default=8, help="images (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     args = parser.parse_args(argv)
-    if args.num <= 0:
-        parser.error(f"--num must be positive, got {args.num}")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"cannot create the output folder {args.out}: {error}")
+    return run_command(parser.prog, lambda: demo(args.out, args.num, args.seed),
+                       interrupted="run the same command again")
+
+
+def demo(out: Path, num: int, seed: int) -> int:
+    """Make the dataset, refine it and print what came out (see the module doc)."""
+    out.mkdir(parents=True, exist_ok=True)
     body = fitkit.load_body("open")
     print(header(body))
-    data, refined = args.out / "data", args.out / "refined"
-    print(f"1. synthetic dataset: {args.num} images of 256 x 256, seed {args.seed} -> {data}")
-    generate_dataset(data, args.num, args.seed, SynthConfig(size=256), progress=False)
+    data, refined = out / "data", out / "refined"
+    print(f"1. synthetic dataset: {num} images of 256 x 256, seed {seed} -> {data}")
+    generate_dataset(data, num, seed, SynthConfig(size=256), progress=False)
     print("2. SMPLify refinement of its initial estimates: keypoints + GMM prior, preset refine")
     result = refine_dataset(data, refined, prior="gmm", data_term="keypoints", overwrite=True,
-                            overlays=args.num, progress=False)
+                            overlays=num, progress=False)
     print()
     print(metrics_table(result.metrics_values))
     print(f"(mean errors in mm over {result.metrics_values['num_valid']} images; refined in "
           f"{result.seconds:.1f} s)")
     print()
-    example = args.out / "refine_example.png"
+    example = out / "refine_example.png"
     rows = [np.asarray(Image.open(path).convert("RGB")) for path in result.overlays[:4]]
     if rows:
-        Image.fromarray(stack_rows(rows)).save(example)
+        picture = Image.fromarray(stack_rows(rows))
+        atomic_write(example, lambda tmp: picture.save(tmp, format="PNG"))
     print(f"results   {result.results}")
     print(f"metrics   {result.metrics}")
     print("overlays  " + "\n          ".join(str(path) for path in result.overlays))

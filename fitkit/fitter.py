@@ -7,6 +7,10 @@ keyword (:data:`fitkit.terms.TERMS`: ``keypoints=``, ``iuv=``, ``displacements=`
 and goes to the solver (SMPLify by default), which returns a :class:`~fitkit.fitting.FitResult`.
 The one data term that can also come from the images is ``flow``: without ``displacements`` the
 fitter predicts them with a displacement network (:class:`~fitkit.nets.predict.FlowPredictor`).
+
+The settings behind it (presets with overrides, term names, priors and devices by name, default
+cameras, the per-sample checks of a batch's values) are in :mod:`fitkit.fitting.settings` and
+re-exported here.
 """
 
 from __future__ import annotations
@@ -22,141 +26,40 @@ import torch
 from torch import Tensor
 
 from fitkit.body import BodyModel, BodyOutput, load_body
-from fitkit.fitting import (
-    PRESETS,
-    FitBatch,
-    FitConfig,
-    FitResult,
-    SMPLify,
-    Solver,
-    StageConfig,
-    preset,
-    to_device,
+from fitkit.fitting import FitBatch, FitResult, SMPLify, Solver, to_device
+from fitkit.fitting.settings import (
+    FIT_SETTINGS,
+    STAGE_SETTINGS,
+    fit_config,
+    make_camera,
+    resolve_device,
+    resolve_prior,
+    sample_problems,
+    take_rows,
+    term_names,
 )
 from fitkit.geometry import Camera
 from fitkit.io.inputs import FitInputError
-from fitkit.io.params import CAMERA_KEYS, PARAM_SIZES
+from fitkit.io.params import PARAM_SIZES
 from fitkit.nets import CheckpointError, FlowNet
 from fitkit.nets.predict import TEXTURE_MODES, FlowPredictor
-from fitkit.priors import PRIORS, PosePrior
-from fitkit.priors import load as load_prior
+from fitkit.priors import PosePrior
 from fitkit.terms import term_keywords
 
-STAGE_SETTINGS = tuple(f.name for f in dataclasses.fields(StageConfig) if f.name != "name")
-FIT_SETTINGS = tuple(f.name for f in dataclasses.fields(FitConfig) if f.name != "stages")
+__all__ = [
+    "FIT_SETTINGS",
+    "PREDICTED_TERMS",
+    "STAGE_SETTINGS",
+    "Fitter",
+    "fit_config",
+    "make_camera",
+    "resolve_device",
+    "resolve_prior",
+    "term_names",
+]
 
 PREDICTED_TERMS: tuple[str, ...] = ("flow",)
 """Data terms the fitter can predict from the images when their input is not given."""
-
-
-def fit_config(preset_name: str | FitConfig = "refine", **overrides: Any) -> FitConfig:
-    """A fit schedule: a preset with overrides.
-
-    Args:
-        preset_name: ``"refine"`` (seed 003's SMPLify, the default), ``"spin"``, or a
-            :class:`FitConfig`.
-        overrides: :class:`StageConfig` fields (``iterations``, ``lr``, ``optimizer``,
-            ``data_weight``, ``pose_prior_weight``, ``shape_prior_weight``, ...): a single value
-            applies to every stage, a list or tuple gives one value per stage; and
-            :class:`FitConfig` fields (``focal_length``, ``term_weights``, ``term_options``,
-            ``divergence_factor``); ``term_weights`` and ``term_options`` update the preset's
-            per-term entries rather than replace them all.
-    Raises:
-        FitInputError: unknown preset or setting, or a per-stage list of the wrong length.
-    """
-    if isinstance(preset_name, FitConfig):
-        config = preset_name
-    elif preset_name in PRESETS:
-        config = preset(preset_name)
-    else:
-        raise FitInputError(
-            f"unknown preset {preset_name!r}; presets: {', '.join(sorted(PRESETS))}"
-        )
-    unknown = sorted(set(overrides) - set(STAGE_SETTINGS) - set(FIT_SETTINGS))
-    if unknown:
-        raise FitInputError(
-            f"unknown fit setting(s) {', '.join(unknown)}; settings: preset, "
-            f"{', '.join(STAGE_SETTINGS + FIT_SETTINGS)}"
-        )
-    count = len(config.stages)
-    stages = list(config.stages)
-    for key in (key for key in overrides if key in STAGE_SETTINGS):
-        value = overrides[key]
-        per_stage = isinstance(value, list | tuple) and not (key == "optimize" and value
-                                                             and isinstance(value[0], str))
-        values = list(value) if per_stage else [value] * count
-        if len(values) != count:
-            raise FitInputError(
-                f"{key}: one value per stage ({count}: "
-                f"{', '.join(stage.name for stage in stages)}), got {len(values)}"
-            )
-        try:
-            stages = [dataclasses.replace(stage, **{key: item})
-                      for stage, item in zip(stages, values, strict=True)]
-        except (TypeError, ValueError) as error:
-            raise FitInputError(f"{key}={value!r}: {error}") from None
-    changes = {key: overrides[key] for key in overrides if key in FIT_SETTINGS}
-    for key in ("term_weights", "term_options"):
-        if key in changes:
-            changes[key] = {**getattr(config, key), **changes[key]}
-    return dataclasses.replace(config, stages=tuple(stages), **changes)
-
-
-def resolve_prior(prior: str | os.PathLike | PosePrior | None) -> PosePrior | None:
-    """A pose prior from a registry name (``"gmm"``, ``"vposer"``, ``"cnf"``), a path, an
-    instance, or ``None`` (no prior).
-
-    Raises:
-        FitInputError: a name that is neither a known prior nor an existing path.
-    """
-    if prior is None or isinstance(prior, PosePrior):
-        return prior
-    if isinstance(prior, str) and prior not in PRIORS and not os.path.exists(prior):
-        raise FitInputError(
-            f"unknown prior {prior!r}; known priors: {', '.join(sorted(PRIORS))} "
-            "(or the path of a prior file or folder)"
-        )
-    return load_prior(prior)
-
-
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """``device``, or CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def term_names(data_term: str | Sequence[str]) -> tuple[str, ...]:
-    """Data-term names from ``"keypoints"``, ``"keypoints,densepose"`` or a list, checked
-    against the registry.
-
-    Raises:
-        FitInputError: an unknown or repeated name, or none.
-    """
-    names = data_term.split(",") if isinstance(data_term, str) else list(data_term)
-    names = [name.strip() for name in names if name.strip()]
-    known = term_keywords()
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise FitInputError(f"unknown data term {', '.join(map(repr, unknown)) or repr(data_term)}"
-                            f"; known data terms: {', '.join(sorted(known))}")
-    if len(set(names)) != len(names):
-        raise FitInputError(f"data term named twice in {data_term!r}")
-    return tuple(names)
-
-
-def make_camera(
-    sizes: np.ndarray, config: FitConfig, init: Mapping[str, np.ndarray] | None = None
-) -> Camera:
-    """Cameras of images of ``sizes`` ``(B, 2)`` ``(W, H)``: the init's ``focal_length`` and
-    ``camera_center`` when it has them, else the default camera (:meth:`Camera.default`) with
-    the config's focal length (``None``: ``sqrt(w^2 + h^2)``)."""
-    size = torch.as_tensor(np.asarray(sizes), dtype=torch.float32)
-    init = init or {}
-    if all(key in init for key in CAMERA_KEYS):
-        return Camera(torch.as_tensor(init["focal_length"]).float(),
-                      torch.as_tensor(init["camera_center"]).float(), size)
-    return Camera.default(size, focal_length=config.focal_length)
 
 
 class Fitter:
@@ -304,6 +207,13 @@ class Fitter:
     ) -> FitResult:
         """Fit a batch of read inputs.
 
+        A sample whose values cannot be fitted (:func:`sample_problems`: non-finite initial
+        parameters or camera, a body at or behind the camera, a focal length <= 0, an image size
+        other than the given camera's) is left out of the fit: it keeps its initial values (NaN
+        for parameters the init lacks), its energies are NaN, it is flagged ``bad_input`` with
+        its message in ``errors``, and the other samples are fitted exactly as they would be
+        without it.
+
         Args:
             sizes: ``(B, 2)`` image sizes ``(W, H)``.
             init: initial parameters ``(B, ...)`` (:func:`fitkit.io.inputs.read_init`), any
@@ -334,22 +244,99 @@ class Fitter:
             if name not in predicted and inputs.get(keyword) is None:
                 raise FitInputError(f"data_term={name!r} needs {keyword}=...")
         init = dict(init or {})
-        self._check_batch(sizes, init, camera, {keywords[name]: inputs[keywords[name]]
-                                                for name in self.terms if name not in predicted})
+        observed = {keywords[name]: inputs[keywords[name]]
+                    for name in self.terms if name not in predicted}
+        self._check_batch(sizes, init, camera, observed)
+        given = camera is not None
         if camera is None:
             camera = make_camera(sizes, self.config, init)
+        errors = sample_problems(sizes, init, camera, camera_given=given)
+        fitted = np.array([not message for message in errors])
+        extra = {"images": images, "usable": usable, "prior_context": prior_context}
+        if fitted.all():
+            return self._solve(init, camera, observed, texture, **extra)
+        rows = np.flatnonzero(fitted)
+        result = None
+        if len(rows):
+            if isinstance(texture, Tensor) and texture.ndim == 4:
+                texture = take_rows(texture, rows)
+            result = self._solve(
+                {key: take_rows(value, rows) for key, value in init.items()},
+                camera[torch.as_tensor(rows, device=camera.device)],
+                {key: take_rows(value, rows) for key, value in observed.items()},
+                texture,
+                **{key: take_rows(value, rows) for key, value in extra.items()},
+            )
+        return self._with_unfitted(result, fitted, init, camera, errors)
+
+    def _solve(self, init: Mapping[str, Any], camera: Camera, observed: Mapping[str, Any],
+               texture: str | Tensor | None, images: list[np.ndarray] | None = None,
+               usable: Any = None, prior_context: Any = None) -> FitResult:
+        """Fit checked inputs: the data terms' observations by keyword (``observed``), the
+        predicted terms from ``images`` (:meth:`fit`)."""
         camera = camera.to(self.device, self.body.dtype)
         like = {"device": self.device, "dtype": self.body.dtype}
         params = {key: torch.as_tensor(init[key]).to(**like) for key in PARAM_SIZES if key in init}
-        observations = {name: to_device(inputs[keywords[name]], **like)
-                        for name in self.terms if name not in predicted}
+        keywords = self.keywords
+        observations = {name: to_device(observed[keywords[name]], **like)
+                        for name in self.terms if keywords[name] in observed}
         if prior_context is not None:
             prior_context = to_device(prior_context, **like)
         batch = FitBatch(observations, camera, params, images=images,
                          prior_context=prior_context)
-        if not predicted:
+        if len(observations) == len(self.terms):
             return self.solver.solve(batch)
         return self._fit_predicted(batch, texture, usable)
+
+    def _with_unfitted(self, result: FitResult | None, fitted: np.ndarray,
+                       init: Mapping[str, Any], camera: Camera, errors: list[str]) -> FitResult:
+        """The result of the whole batch from ``result``, the fit of the rows ``fitted``
+        ``(B,)``, and the initial values of the others (flagged ``bad_input`` with their
+        ``errors``; energies NaN)."""
+        like = {"device": self.device, "dtype": self.body.dtype}
+        keep = torch.as_tensor(fitted, device=self.device)
+        count = len(fitted)
+        params = {key: torch.as_tensor(init[key]).to(**like).clone() if key in init
+                  else torch.full((count, size), torch.nan, **like)
+                  for key, size in PARAM_SIZES.items()}
+        camera = camera.to(**like)
+        params["focal_length"] = camera.focal_length.clone()
+        params["camera_center"] = camera.principal_point.clone()
+        with torch.no_grad():
+            output = self.body(**{key: params[key][~keep] for key in PARAM_SIZES})
+        vertices = output.vertices.new_full((count, *output.vertices.shape[1:]), torch.nan)
+        joints = output.joints.new_full((count, *output.joints.shape[1:]), torch.nan)
+        vertices[~keep], joints[~keep] = output.vertices, output.joints
+
+        def scatter(value: Tensor, into: Tensor | None = None) -> Tensor:
+            """``value`` in the fitted rows of ``into`` (default NaN / False elsewhere)."""
+            if into is None:
+                fill = False if value.dtype == torch.bool else torch.nan
+                into = value.new_full((count, *value.shape[1:]), fill)
+            into[keep.to(into.device)] = value.to(into.dtype)
+            return into
+
+        if result is None:
+            return FitResult(params, vertices, joints, vertices.new_full((count,), torch.nan),
+                             {}, [], {"bad_input": ~keep}, {"total": 0.0}, errors)
+        for key, value in result.params.items():
+            params[key] = scatter(value, params.get(key))
+        fitted_errors = iter(result.errors)
+        return FitResult(
+            params=params,
+            vertices=scatter(result.vertices, vertices),
+            joints=scatter(result.joints, joints),
+            energy=scatter(result.energy),
+            terms={name: scatter(value) for name, value in result.terms.items()},
+            stages=[{"energy": scatter(stage["energy"]),
+                     "terms": {name: scatter(value) for name, value in stage["terms"].items()}}
+                    for stage in result.stages],
+            flags={**{name: scatter(value) for name, value in result.flags.items()},
+                   "bad_input": ~keep},
+            timings=result.timings,
+            errors=[next(fitted_errors) if ok else message
+                    for ok, message in zip(fitted, errors, strict=True)],
+        )
 
     __call__ = fit
 

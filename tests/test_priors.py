@@ -11,6 +11,7 @@ import torch
 import yaml
 from scipy.stats import multivariate_normal
 
+from fitkit.io.npz import FileKeyError
 from fitkit.priors import (
     CNFPrior,
     GMMPrior,
@@ -99,7 +100,7 @@ def test_gmm_pickle_without_a_key_fails_clearly(tmp_path):
     path = tmp_path / "gmm_08.pkl"
     with open(path, "wb") as f:
         pickle.dump({"means": np.zeros((8, 69)), "weights": np.ones(8) / 8}, f, protocol=2)
-    with pytest.raises(KeyError, match=r"gmm_08\.pkl.*covars"):
+    with pytest.raises(FileKeyError, match=r"gmm_08\.pkl: key 'covars': missing"):
         load(path)
 
 
@@ -184,7 +185,7 @@ def test_vposer_folder_with_wrong_keys_fails_clearly(tmp_path, change):
     if change == "renamed":
         state["encoder_net.8.mean.weight"] = weight
     write_v2_folder(tmp_path, state)
-    with pytest.raises(KeyError) as error:
+    with pytest.raises(FileKeyError) as error:
         load(tmp_path)
     message = str(error.value)
     assert "V02_05_epoch=05" in message and "encoder_net.8.mu.weight" in message

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.io
 
 from fitkit.body.loaders import BodyFileError
+from fitkit.io.safe_pickle import error_summary
 
 NUM_PARTS = 24
 """DensePose's body parts, numbered 1-24 (0 is the background in IUV images)."""
@@ -119,6 +120,9 @@ def read_uv_processed(
 ) -> DensePoseUV:
     """Read DensePose's ``UV_Processed.mat`` (module docstring) into a :class:`DensePoseUV`.
 
+    The file is read with ``scipy.io.loadmat``, which builds only arrays, cells and structs from
+    MATLAB v5 data (nothing in the file is run); a v7.3 (HDF5) file is refused.
+
     Args:
         path: the ``.mat`` file.
         num_vertices: vertices of the body it describes (official SMPL: 6890).
@@ -126,14 +130,23 @@ def read_uv_processed(
         One table entry per DensePose vertex: its part (from its triangles), ``U``, ``V`` and
         SMPL vertex (0-based).
     Raises:
-        BodyFileError: unreadable file, a missing array, arrays of the wrong shape or sizes that
-            disagree, indices out of range, or a DensePose vertex in triangles of two parts.
+        FileNotFoundError: no such file.
+        BodyFileError: an unreadable or v7.3 file, non-numeric or non-finite data, a missing
+            array, arrays of the wrong shape or sizes that disagree, indices out of range, or a
+            DensePose vertex in triangles of two parts.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (DensePose's UV_Processed.mat)")
     try:
         contents = scipy.io.loadmat(path)
-    except (OSError, ValueError, NotImplementedError) as error:
-        raise BodyFileError(path, None, f"cannot read as a MATLAB file ({error})") from error
+    except NotImplementedError as error:  # scipy reads MATLAB v4-v7.2; v7.3 is HDF5
+        raise BodyFileError(path, None, "a MATLAB v7.3 (HDF5) file; fitkit reads MATLAB v5 "
+                            "files like DensePose's own (save with -v7)") from error
+    except Exception as error:  # scipy's MatReadError, ValueError, OSError, ... on a bad file
+        raise BodyFileError(
+            path, None, f"cannot read as a MATLAB file ({error_summary(error)})"
+        ) from error
     missing = [key for key in UV_PROCESSED_KEYS if key not in contents]
     if missing:
         raise BodyFileError(
@@ -144,7 +157,7 @@ def read_uv_processed(
     u = _vector(contents, "All_U_norm", path).astype(np.float64)
     v = _vector(contents, "All_V_norm", path).astype(np.float64)
     face_parts = _vector(contents, "All_FaceIndices", path).astype(np.int64)
-    faces = np.asarray(contents["All_Faces"])
+    faces = _numbers(contents, "All_Faces", path)
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise BodyFileError(path, "All_Faces", f"must have shape (F, 3), got {faces.shape}")
     faces = faces.astype(np.int64) - 1
@@ -188,9 +201,19 @@ def read_uv_processed(
     )
 
 
+def _numbers(contents: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
+    """The array ``key``, which must hold finite real numbers (not cells or structs)."""
+    array = np.asarray(contents[key])
+    if array.dtype.kind not in "biuf":
+        raise BodyFileError(path, key, f"expected numbers, got MATLAB data of dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise BodyFileError(path, key, "contains NaN or infinite values")
+    return array
+
+
 def _vector(contents: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
     """The array ``key`` as a vector: MATLAB stores vectors as ``(1, N)`` or ``(N, 1)``."""
-    array = np.asarray(contents[key])
+    array = _numbers(contents, key, path)
     if array.ndim != 2 or 1 not in array.shape:
         raise BodyFileError(path, key, f"must be a vector, (1, N) or (N, 1), got {array.shape}")
     return array.reshape(-1)

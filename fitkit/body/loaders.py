@@ -4,13 +4,13 @@ Three kinds: official SMPL pickles (read without chumpy), SMPL-format ``.npz`` f
 body that ships with fitkit (``OPEN_BODY_PATH``, an ``.npz`` with extras). A folder of official
 files is searched for the requested gender under the names the SMPL downloads and smplx use.
 Every reader returns a validated ``BodyData``; a bad file raises ``BodyFileError`` naming the file
-and the key, a missing one ``FileNotFoundError`` naming the path.
+and the key, a missing one ``FileNotFoundError`` naming the path, a pickle that names code
+``UnsafePickleError`` (nothing from the file runs).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from smplx.vertex_ids import vertex_ids as SMPLX_VERTEX_IDS
 
 from fitkit.body.keypoints import OPENPOSE_VERTEX_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
 from fitkit.io.npz import FileKeyError, read_npz
+from fitkit.io.safe_pickle import SparseMatrixState, error_summary, safe_load
 
 OPEN_BODY_PATH = Path(__file__).resolve().parent / "data" / "open_body.npz"
 """The open body (an SMPL-format ``.npz`` with fitkit's extras), inside the installed package."""
@@ -70,6 +71,8 @@ class _ChumpyObject:
     chumpy_class = "chumpy.ch.Ch"
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"{self.chumpy_class} state must be a dict, got {type(state).__name__}")
         self.state = state
 
     def value(self) -> np.ndarray:
@@ -89,41 +92,26 @@ class _ChumpyObject:
         raise ValueError(f"unsupported chumpy object {self.chumpy_class}")
 
 
-class _SparseMatrix:
-    """Stand-in for a pickled scipy CSC/CSR matrix, independent of scipy's module layout."""
-
-    sparse_format = "csc"
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.state = state
-
-    def value(self) -> np.ndarray:
-        """The matrix as a dense ``(rows, cols)`` array."""
-        state = self.state
-        shape = state.get("_shape", state.get("shape"))
-        build = scipy.sparse.csc_matrix if self.sparse_format == "csc" else scipy.sparse.csr_matrix
-        parts = (state["data"], state["indices"], state["indptr"])
-        return build(parts, shape=tuple(shape)).toarray()
-
-
-_SPARSE_CLASSES = ("csc_matrix", "csr_matrix", "csc_array", "csr_array")
-_STAND_INS: dict[str, type] = {}
-
-
-def _stand_in(module: str, name: str) -> type:
+def _chumpy_stand_in(module: str, name: str) -> type | None:
+    """The stand-in class of a chumpy class (any class of the ``chumpy`` package), else ``None``
+    (refused by the restricted unpickler)."""
+    if module != "chumpy" and not module.startswith("chumpy."):
+        return None
     full = f"{module}.{name}"
-    if full not in _STAND_INS:
-        if module.startswith("chumpy"):
-            _STAND_INS[full] = type(name, (_ChumpyObject,), {"chumpy_class": full})
-        else:
-            _STAND_INS[full] = type(name, (_SparseMatrix,), {"sparse_format": name[:3]})
-    return _STAND_INS[full]
+    if full not in _CHUMPY_STAND_INS:
+        _CHUMPY_STAND_INS[full] = type(name, (_ChumpyObject,), {"chumpy_class": full})
+    return _CHUMPY_STAND_INS[full]
+
+
+_CHUMPY_STAND_INS: dict[str, type] = {}
 
 
 def _plain(value: Any) -> Any:
     """``value``, or its numpy array if it is a stand-in."""
-    if isinstance(value, _ChumpyObject | _SparseMatrix):
+    if isinstance(value, _ChumpyObject):
         return value.value()
+    if isinstance(value, SparseMatrixState):
+        return value.toarray()
     return value
 
 
@@ -131,19 +119,9 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(_plain(value))
 
 
-class _SMPLUnpickler(pickle.Unpickler):
-    """Unpickler that maps chumpy and scipy-sparse classes to stand-ins (no chumpy import)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "chumpy" or module.startswith("chumpy."):
-            return _stand_in(module, name)
-        if module.startswith("scipy.sparse") and name in _SPARSE_CLASSES:
-            return _stand_in(module, name)
-        return super().find_class(module, name)
-
-
 def read_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an official SMPL ``.pkl`` (latin1, chumpy objects inside) without chumpy.
+    """Read an official SMPL ``.pkl`` (latin1, chumpy objects inside) without chumpy and
+    without running code from the file (:func:`fitkit.io.safe_pickle.safe_load`).
 
     Chumpy objects become numpy arrays, sparse matrices (``J_regressor``) dense arrays; other
     values are returned as unpickled.
@@ -154,24 +132,25 @@ def read_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
         The pickled dict, e.g. ``v_template`` ``(V, 3)``, ``shapedirs`` ``(V, 3, S)``.
     Raises:
         FileNotFoundError: no such file.
+        UnsafePickleError: the pickle names a class or function other than numpy arrays,
+            scipy.sparse matrices and chumpy objects.
         BodyFileError: not a pickle of a dict, or a value that cannot be converted.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"body model file not found: {path}")
-    with open(path, "rb") as file:
-        try:
-            content = _SMPLUnpickler(file, encoding="latin1").load()
-        except Exception as error:
-            raise BodyFileError(path, None, f"not a readable SMPL pickle ({error})") from error
+    content = safe_load(path, stand_in=_chumpy_stand_in, error=BodyFileError)
     if not isinstance(content, dict):
         raise BodyFileError(path, None, f"expected a pickled dict, got {type(content).__name__}")
     result = {}
     for key, value in content.items():
         try:
             result[str(key)] = _plain(value)
-        except (KeyError, TypeError, ValueError) as error:
-            raise BodyFileError(path, str(key), f"cannot convert to an array ({error})") from error
+        # MemoryError: a matrix shape in the file far too large to allocate.
+        except (KeyError, TypeError, ValueError, IndexError, RecursionError, MemoryError) as error:
+            raise BodyFileError(
+                path, str(key), f"cannot convert to an array ({error_summary(error)})"
+            ) from error
     return result
 
 

@@ -17,12 +17,20 @@ every metric returns one value per sample, ``(B,)``, in millimetres. Three align
 
 An optional ``mask`` ``(B, N)`` (boolean or non-negative weights) selects the points that are
 averaged and that the alignments see. A sample whose mask is all zero gets NaN.
+
+No metric reports a perfect 0 for inputs it cannot measure: a sample whose ground-truth points
+(those in the mask) all coincide, within :data:`DEGENERATE_SPREAD` (a single point, or the joints
+of an all-zero joint regressor), gets NaN from every 3D metric, since any prediction would
+otherwise score 0 after alignment; so does a PA- or N- metric of a prediction collapsed to one
+point (no scale to fit). Points of different shapes, or a mask with negative or non-finite
+weights, raise ``ValueError``.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from fitkit.geometry.procrustes import procrustes_align
@@ -30,6 +38,10 @@ from fitkit.geometry.procrustes import procrustes_align
 Root = int | Literal["mean"] | tuple[Tensor, Tensor] | None
 
 METERS_TO_MM = 1000.0
+
+DEGENERATE_SPREAD = 1e-6
+"""Meters: ground-truth points that all lie within this distance of their centroid are
+degenerate (module docstring)."""
 
 
 def mpjpe(pred: Tensor, gt: Tensor, root: Root = 0, mask: Tensor | None = None) -> Tensor:
@@ -41,9 +53,12 @@ def mpjpe(pred: Tensor, gt: Tensor, root: Root = 0, mask: Tensor | None = None) 
         mask: ``(B, J)`` joints to evaluate, or weights; all if None.
     Returns:
         ``(B,)`` millimetres.
+    Raises:
+        ValueError: shapes that disagree, a bad mask.
     """
-    pred, gt = _root_align(pred, gt, root, mask)
-    return METERS_TO_MM * _mean_distance(pred - gt, mask)
+    _check_points(pred, gt, mask, 3)
+    aligned, target = _root_align(pred, gt, root, mask)
+    return _unless_degenerate(METERS_TO_MM * _mean_distance(aligned - target, mask), gt, mask)
 
 
 def n_mpjpe(pred: Tensor, gt: Tensor, root: Root = 0, mask: Tensor | None = None) -> Tensor:
@@ -158,6 +173,7 @@ def keypoint_error_2d(
         ``(B,)`` pixels.
     """
     mask = None if confidence is None else confidence > min_confidence
+    _check_points(pred, gt, mask, 2)
     return _mean_distance(pred - gt, mask)
 
 
@@ -172,8 +188,36 @@ def end_point_error(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Ten
             everywhere if None.
     Returns:
         ``(B,)`` in the displacements' unit (pixels).
+    Raises:
+        ValueError: shapes that disagree, a bad mask.
     """
+    _check_points(pred, gt, mask, 2)
     return _mean_distance(pred - gt, mask)
+
+
+def _check_points(pred: Tensor, gt: Tensor, mask: Tensor | None, dims: int) -> None:
+    """Raise ``ValueError`` unless ``pred`` and ``gt`` are ``(B, ..., dims)`` of one shape and
+    ``mask`` is ``None`` or ``(B, ...)`` with finite weights ``>= 0``."""
+    if pred.shape != gt.shape or pred.ndim < 3 or pred.shape[-1] != dims:
+        raise ValueError(f"pred and gt must both have shape (B, N, {dims}), got "
+                         f"{tuple(pred.shape)} and {tuple(gt.shape)}")
+    if mask is None:
+        return
+    if mask.shape != pred.shape[:-1]:
+        raise ValueError(f"mask must have shape {tuple(pred.shape[:-1])}, got "
+                         f"{tuple(mask.shape)}")
+    if mask.dtype != torch.bool and not (mask.isfinite() & (mask >= 0)).all():
+        raise ValueError("mask weights must be finite and >= 0")
+
+
+def _unless_degenerate(error: Tensor, gt: Tensor, mask: Tensor | None) -> Tensor:
+    """``error`` ``(B,)``, NaN for samples whose ground-truth points ``(B, N, 3)`` (those in
+    the mask) all lie within :data:`DEGENERATE_SPREAD` of their centroid."""
+    spread = (gt - _centroid(gt, mask)).norm(dim=-1)
+    if mask is not None:
+        spread = spread.masked_fill(~(mask > 0), 0.0)
+    degenerate = spread.amax(dim=1) <= DEGENERATE_SPREAD
+    return error.masked_fill(degenerate, float("nan"))
 
 
 def _mean_distance(difference: Tensor, mask: Tensor | None) -> Tensor:
@@ -209,13 +253,17 @@ def _centroid(points: Tensor, mask: Tensor | None) -> Tensor:
 
 def _scaled_error(pred: Tensor, gt: Tensor, root: Root, mask: Tensor | None) -> Tensor:
     """Root-aligned error after the least-squares scale of ``pred`` about the root, mm ``(B,)``."""
-    pred, gt = _root_align(pred, gt, root, mask)
+    _check_points(pred, gt, mask, 3)
+    aligned, target = _root_align(pred, gt, root, mask)
     weights = 1.0 if mask is None else mask.to(pred.dtype)[..., None]
-    scale = (weights * pred * gt).sum(dim=(1, 2)) / (weights * pred * pred).sum(dim=(1, 2))
-    return METERS_TO_MM * _mean_distance(scale[:, None, None] * pred - gt, mask)
+    scale = ((weights * aligned * target).sum(dim=(1, 2))
+             / (weights * aligned * aligned).sum(dim=(1, 2)))
+    error = METERS_TO_MM * _mean_distance(scale[:, None, None] * aligned - target, mask)
+    return _unless_degenerate(error, gt, mask)
 
 
 def _procrustes_error(pred: Tensor, gt: Tensor, mask: Tensor | None) -> Tensor:
     """Error after the similarity alignment of ``pred`` onto ``gt``, mm ``(B,)``."""
+    _check_points(pred, gt, mask, 3)
     aligned = procrustes_align(pred, gt, weights=mask).aligned
-    return METERS_TO_MM * _mean_distance(aligned - gt, mask)
+    return _unless_degenerate(METERS_TO_MM * _mean_distance(aligned - gt, mask), gt, mask)

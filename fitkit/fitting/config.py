@@ -37,18 +37,39 @@ open body to exact 3D joints with the open GMM: 22 cm joint error at weight 1, 2
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fitkit.geometry import Camera
 from fitkit.io.params import PARAM_SIZES
-from fitkit.terms import DataTerm, build_term
+from fitkit.terms import TERMS, DataTerm, build_term
 
 PARAM_NAMES: tuple[str, ...] = tuple(PARAM_SIZES)
 """The body parameters a stage may optimize."""
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "lbfgs")
+
+WEIGHTS: tuple[str, ...] = (
+    "data_weight", "pose_prior_weight", "shape_prior_weight", "bending_weight", "depth_weight")
+"""The weights of a stage (:class:`StageConfig`)."""
+
+
+def check_number(name: str, value: Any, minimum: float = 0.0, strict: bool = False,
+                 finite: bool = True) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a real number ``>= minimum``
+    (``> minimum`` when ``strict``), finite unless ``finite`` is False (NaN never passes:
+    ``nan <= 0`` is False, so a plain comparison lets it through)."""
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+    valid = (isinstance(value, numbers.Real) and not math.isnan(value)
+             and (not finite or math.isfinite(value))
+             and (value > minimum if strict else value >= minimum))
+    if not valid:
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{name} must be {kind} {bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -62,10 +83,13 @@ class StageConfig:
         iterations: optimizer iterations.
         optimizer: ``"adam"`` or ``"lbfgs"`` (torch's, strong-Wolfe line search, run in steps of
             up to 20 iterations, the per-sample guard acting between steps).
-        lr: Adam's step size or L-BFGS's initial step (1 is usual for L-BFGS).
+        lr: Adam's step size or L-BFGS's initial step (1 is usual for L-BFGS); finite, > 0.
         torso_only: use each data term's torso view (SMPLify's camera stage).
         data_weight, pose_prior_weight, shape_prior_weight, bending_weight, depth_weight:
-            weights, applied squared (module docstring); 0 drops the term.
+            weights, applied squared (module docstring); 0 drops the term. Finite and ``>= 0``:
+            squared, a negative weight would act as a positive one.
+    Raises:
+        ValueError: any of these out of range (the stage and the setting named).
     """
 
     name: str
@@ -93,11 +117,17 @@ class StageConfig:
                 f"stage {self.name!r}: optimizer must be one of {OPTIMIZERS}, "
                 f"got {self.optimizer!r}"
             )
-        if self.iterations < 0 or self.lr <= 0:
-            raise ValueError(
-                f"stage {self.name!r}: needs iterations >= 0 and lr > 0, "
-                f"got {self.iterations} and {self.lr}"
-            )
+        if not isinstance(self.iterations, numbers.Integral) or isinstance(
+                self.iterations, bool) or self.iterations < 0:
+            raise ValueError(f"stage {self.name!r}: iterations must be a whole number >= 0, got "
+                             f"{self.iterations!r}")
+        try:
+            check_number("lr", self.lr, strict=True)
+            for name in WEIGHTS:
+                check_number(name, getattr(self, name))
+        except ValueError as error:
+            hint = " (weights enter squared)" if "weight" in str(error) else ""
+            raise ValueError(f"stage {self.name!r}: {error}{hint}") from None
 
 
 def zip_stages(
@@ -131,11 +161,17 @@ class FitConfig:
 
     Attributes:
         stages: run in order, each starting from the previous one's per-sample best iterate.
-        focal_length: pixels for :meth:`camera`; ``None`` for ``sqrt(w^2 + h^2)``.
-        term_weights: extra weight per data-term name (applied squared; 1 when absent).
-        term_options: build options per data-term name for :meth:`build_term`.
+        focal_length: pixels for :meth:`camera` (finite, > 0); ``None`` for
+            ``sqrt(w^2 + h^2)``.
+        term_weights: extra weight per registered data-term name (applied squared, so finite and
+            ``>= 0``; 1 when absent).
+        term_options: build options per registered data-term name for :meth:`build_term`, each
+            an argument of that term's constructor.
         divergence_factor: a sample whose energy exceeds this factor times
-            ``max(|start energy|, 1)`` of a stage counts as diverged.
+            ``max(|start energy|, 1)`` of a stage counts as diverged (> 0; ``inf``: never).
+    Raises:
+        ValueError: no stage, or a setting out of range or naming an unknown data term or
+            option (the setting named; the registered terms or the accepted options listed).
     """
 
     stages: tuple[StageConfig, ...]
@@ -148,6 +184,22 @@ class FitConfig:
         object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages:
             raise ValueError("a FitConfig needs at least one stage")
+        if self.focal_length is not None:
+            check_number("focal_length", self.focal_length, strict=True)
+        check_number("divergence_factor", self.divergence_factor, strict=True, finite=False)
+        for setting in ("term_weights", "term_options"):
+            values = getattr(self, setting)
+            if not isinstance(values, Mapping):
+                raise ValueError(f"{setting} must be a dict by data-term name, got "
+                                 f"{type(values).__name__}")
+            unknown = sorted(str(name) for name in values if name not in TERMS)
+            if unknown:
+                raise ValueError(f"{setting}: unknown data term(s) {', '.join(map(repr, unknown))}"
+                                 f"; registered data terms: {', '.join(sorted(TERMS))}")
+        for name, weight in self.term_weights.items():
+            check_number(f"term_weights[{name!r}]", weight)
+        for name, options in self.term_options.items():
+            check_options(name, options)
 
     def camera(self, width: int, height: int, batch_size: int, **kwargs: Any) -> Camera:
         """Cameras of ``width x height`` images centred on the image, with this config's focal
@@ -165,6 +217,25 @@ class FitConfig:
         """A copy with ``changes`` applied to every stage (e.g. ``iterations=10``)."""
         stages = tuple(dataclasses.replace(stage, **changes) for stage in self.stages)
         return dataclasses.replace(self, stages=stages)
+
+
+def check_options(name: str, options: Any) -> None:
+    """Raise ``ValueError`` unless ``options`` is a dict of arguments that the data term
+    ``name``'s constructor takes (any, when it takes ``**kwargs``)."""
+    if not isinstance(options, Mapping):
+        raise ValueError(f"term_options[{name!r}] must be a dict of build options, got "
+                         f"{type(options).__name__}")
+    parameters = inspect.signature(TERMS[name].__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [key for key, p in parameters.items() if key != "self"
+                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                               inspect.Parameter.KEYWORD_ONLY)]
+    unknown = sorted(str(key) for key in options if key not in accepted)
+    if unknown:
+        raise ValueError(f"term_options[{name!r}]: unknown option(s) "
+                         f"{', '.join(map(repr, unknown))}; {name} takes "
+                         f"{', '.join(accepted)}")
 
 
 CAMERA_AND_BODY = ("camera", "body")

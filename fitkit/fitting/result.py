@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-FLAG_NAMES: tuple[str, ...] = ("nan", "diverged", "no_data")
-"""Per-sample flags of a :class:`FitResult`."""
+FLAG_NAMES: tuple[str, ...] = ("nan", "diverged", "no_data", "bad_input")
+"""Per-sample flags of a :class:`FitResult`: the energy or gradient turned NaN/Inf, the energy
+diverged, no usable observation, values that cannot be fitted (left out of the fit, the reason
+in :attr:`FitResult.errors`)."""
 
 
 @dataclass
@@ -27,8 +29,13 @@ class FitResult:
             ``pose_prior``, ``shape_prior``, ``bending``, ``depth``), each ``(B,)``; they sum
             to ``energy``.
         stages: per stage, ``{"energy": (B,), "terms": {name: (B,)}}`` at its best iterate.
-        flags: ``nan``, ``diverged``, ``no_data``: ``(B,)`` bool each.
+        flags: :data:`FLAG_NAMES`: ``nan``, ``diverged``, ``no_data``, ``bad_input``, ``(B,)``
+            bool each (a flag the solver did not set is all False).
         timings: seconds per stage name and ``"total"``.
+        errors: per sample, why it was flagged ``bad_input`` (``""`` when it was not); default
+            all ``""``.
+    Raises:
+        ValueError: ``errors`` not of length B.
     """
 
     params: dict[str, Tensor]
@@ -39,6 +46,16 @@ class FitResult:
     stages: list[dict[str, Tensor | dict[str, Tensor]]]
     flags: dict[str, Tensor]
     timings: dict[str, float]
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        count = self.energy.shape[0]
+        self.errors = list(self.errors) or [""] * count
+        if len(self.errors) != count:
+            raise ValueError(f"FitResult: {len(self.errors)} errors for {count} samples")
+        missing = {name: torch.zeros(count, dtype=torch.bool, device=self.energy.device)
+                   for name in FLAG_NAMES if name not in self.flags}
+        self.flags = {**self.flags, **missing}
 
     @property
     def ok(self) -> Tensor:

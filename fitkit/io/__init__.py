@@ -18,6 +18,7 @@ from fitkit.io.params import (
     validate_params,
     write_params,
 )
+from fitkit.io.safe_pickle import UnsafePickleError, safe_load, safe_torch_load
 
 __all__ = [
     "CAMERA_KEYS",
@@ -26,10 +27,13 @@ __all__ = [
     "NoPersonError",
     "OpenPoseError",
     "ParamsFileError",
+    "UnsafePickleError",
     "person_boxes",
     "read_openpose",
     "read_openpose_people",
     "read_params",
+    "safe_load",
+    "safe_torch_load",
     "select_person",
     "validate_params",
     "write_openpose",

@@ -120,8 +120,8 @@ def open_dataset(root: str | os.PathLike, limit: int | None = None) -> Dataset:
     Args:
         root: the folder; limit: keep the first ``limit`` rows of ``init.npz``.
     Raises:
-        DatasetError: no folder, no ``init.npz``, malformed parameter files, a ``gt.npz``
-            that lacks rows of ``init.npz``.
+        DatasetError: no folder, no ``init.npz``, one without rows, malformed parameter files,
+            a ``gt.npz`` that lacks rows of ``init.npz``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -136,6 +136,8 @@ def open_dataset(root: str | os.PathLike, limit: int | None = None) -> Dataset:
     except (FileNotFoundError, ValueError) as error:
         raise DatasetError(str(error)) from None
     names = init.pop("image_names").tolist()[:limit]
+    if not names:
+        raise DatasetError(f"{init_path}: key 'image_names' has no rows: nothing to refine")
     init = {key: value[: len(names)] for key, value in init.items()}
     if gt is not None:
         gt_names = gt.pop("image_names").tolist()

@@ -4,12 +4,22 @@ terms' observations (OpenPose keypoints, DensePose IUV images, displacements).
 Readers take an optional ``errors`` list (one entry per sample): given one, a sample whose file is
 missing or malformed gets an empty observation and its message in ``errors`` instead of stopping
 the batch; without one, the first bad file raises.
+
+Image files are opened with PIL. Every problem with one (not an image, truncated, larger than
+:data:`MAX_IMAGE_PIXELS`, a mode fitkit cannot turn into a photo) is a :class:`FitInputError`
+that names the file. Photos become 8-bit RGB: greyscale is repeated over the channels, 16-bit
+samples are scaled by their bit depth (65535 -> 255), palettes are looked up, alpha is dropped
+(as OpenCV's ``imread`` does).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +34,20 @@ ImageInput = str | os.PathLike | np.ndarray | Tensor | Sequence[str | os.PathLik
 """Images: a path, a list of paths, or ``(H, W, 3)`` / ``(B, H, W, 3)`` arrays or tensors."""
 
 
+MAX_IMAGE_PIXELS = 50_000_000
+"""Largest image fitkit reads, in pixels (width x height; about 7071 x 7071). A larger file is
+refused from its header, before it is decoded (a decompression bomb, or minutes and gigabytes of
+work), with a :class:`FitInputError` naming it. Raise it here for larger photos (PIL itself
+refuses files above twice its own ``Image.MAX_IMAGE_PIXELS``)."""
+
+IUV_PARTS = 24
+"""DensePose's body parts: an IUV image's part ids ``I`` lie in 0 (background) to 24."""
+
+
 class FitInputError(ValueError):
     """Inputs of a fit that cannot be used: wrong shapes, batch sizes that disagree, unknown
-    names, an input the chosen data term needs but did not get."""
+    names, an input the chosen data term needs but did not get, an unreadable or oversized
+    image."""
 
 
 def as_paths(value: Any) -> list[Path] | None:
@@ -53,12 +74,14 @@ def image_sizes(images: ImageInput, errors: list[str] | None = None) -> np.ndarr
     Args:
         images: a path or list of paths, an ``(H, W, 3)`` or ``(B, H, W, 3)`` array or tensor,
             or a list of ``(H, W, 3)`` arrays.
-        errors: per-sample error list (module docstring); an unreadable file gets size 0.
+        errors: per-sample error list (module docstring); an unreadable or oversized file gets
+            size 0.
     Returns:
         ``(B, 2)`` int ``(W, H)``.
     Raises:
         FileNotFoundError: a missing file (without ``errors``).
-        FitInputError: an unreadable file or an array of the wrong shape.
+        FitInputError: an unreadable file, one larger than :data:`MAX_IMAGE_PIXELS` (without
+            ``errors``), or an array of the wrong shape.
     """
     paths = as_paths(images)
     if paths is not None:
@@ -67,11 +90,8 @@ def image_sizes(images: ImageInput, errors: list[str] | None = None) -> np.ndarr
             try:
                 if not path.is_file():
                     raise FileNotFoundError(f"image not found: {path}")
-                try:
-                    with Image.open(path) as image:
-                        sizes[index] = image.size
-                except OSError as error:
-                    raise FitInputError(f"{path}: not a readable image ({error})") from None
+                with open_image(path) as image:
+                    sizes[index] = image.size
             except (FileNotFoundError, FitInputError) as error:
                 record_error(errors, index, error)
         return sizes
@@ -88,11 +108,16 @@ def image_sizes(images: ImageInput, errors: list[str] | None = None) -> np.ndarr
 
 
 def read_images(images: ImageInput) -> list[np.ndarray]:
-    """Images as a list of ``(H, W, 3)`` uint8 RGB arrays (float inputs are read as [0, 1]).
+    """Images as a list of ``(H, W, 3)`` uint8 RGB arrays.
+
+    Files are converted as the module docstring says. Arrays: uint8 as they are, uint16 scaled
+    by 65535 -> 255, floats read as [0, 1], other integers must lie in 0-255; a fourth channel
+    (alpha) is dropped.
 
     Raises:
         FileNotFoundError: a missing file.
-        FitInputError: an unreadable file or an array of the wrong shape.
+        FitInputError: an unreadable or oversized file (named), an array of the wrong shape or
+            with values that are not pixel values (non-finite floats, integers outside 0-255).
     """
     paths = as_paths(images)
     if paths is not None:
@@ -100,11 +125,7 @@ def read_images(images: ImageInput) -> list[np.ndarray]:
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(f"image not found: {path}")
-            try:
-                with Image.open(path) as image:
-                    result.append(np.asarray(image.convert("RGB")))
-            except OSError as error:
-                raise FitInputError(f"{path}: not a readable image ({error})") from None
+            result.append(decode_rgb(path))
         return result
     if isinstance(images, list | tuple):
         return [image for item in images for image in read_images(item)]
@@ -112,9 +133,108 @@ def read_images(images: ImageInput) -> list[np.ndarray]:
     array = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
     if array.ndim == 3:
         array = array[None]
+    return [np.ascontiguousarray(image[..., :3]) for image in pixel_values(array)]
+
+
+def pixel_values(array: np.ndarray) -> np.ndarray:
+    """``array`` (any shape) as uint8 pixel values: uint8 as it is, uint16 scaled by its bit
+    depth, floats in [0, 1] scaled by 255 (clipped), other integers and booleans as they are
+    when they lie in 0-255.
+
+    Raises:
+        FitInputError: non-finite floats, integers outside 0-255, or values that are no numbers.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return np.round(array / 257.0).astype(np.uint8)
     if array.dtype.kind == "f":
-        array = (np.clip(array, 0.0, 1.0) * 255.0).round()
-    return [np.ascontiguousarray(image[..., :3].astype(np.uint8)) for image in array]
+        if not np.isfinite(array).all():
+            raise FitInputError(f"images: {int((~np.isfinite(array)).sum())} non-finite pixel "
+                                "values (floats must lie in [0, 1])")
+        return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if array.dtype.kind in "iub":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise FitInputError(
+                f"images: {array.dtype} values from {array.min()} to {array.max()} are not 8-bit "
+                "pixel values; give uint8 (0-255), uint16 (0-65535) or floats in [0, 1]")
+        return array.astype(np.uint8)
+    raise FitInputError(f"images: expected numbers, got dtype {array.dtype}")
+
+
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+"""What PIL raises for a truncated or corrupt file while decoding it."""
+
+
+@contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``with open_image(path) as image``: ``path`` opened with PIL (its header read, nothing
+    decoded yet) and checked against :data:`MAX_IMAGE_PIXELS`; an error PIL raises while the
+    block decodes the image (:data:`DECODE_ERRORS`) becomes a :class:`FitInputError` too.
+
+    Raises:
+        FitInputError: not an image PIL reads, a truncated or corrupt file, or more than
+            :data:`MAX_IMAGE_PIXELS` pixels (the file named).
+    """
+    path = Path(path)
+    limit = (f"{path}: image too large{{}}: fitkit reads at most {MAX_IMAGE_PIXELS:,} pixels "
+             "(fitkit.io.inputs.MAX_IMAGE_PIXELS)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise FitInputError(limit.format("")) from None
+    except Exception as error:  # PIL raises many kinds for files that are no images
+        raise FitInputError(unreadable(path, error)) from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise FitInputError(limit.format(f" ({width} x {height})"))
+        try:
+            yield image
+        except FitInputError:
+            raise
+        except DECODE_ERRORS as error:
+            raise FitInputError(unreadable(path, error)) from None
+
+
+def unreadable(path: Path, error: Exception) -> str:
+    """The message for an image file PIL cannot read."""
+    return f"{path}: not a readable image ({type(error).__name__}: {error})"
+
+
+def sample_bits(image: Image.Image) -> int:
+    """Bits per sample of an opened, not yet decoded image: 16 for 16-bit files (PIL opens a
+    16-bit RGB PNG as 8-bit ``RGB`` and says so only in its decoder's raw mode), 32 for 32-bit
+    integer or float images, else 8."""
+    for tile in image.tile:
+        raw = tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0]
+        if isinstance(raw, str) and ";16" in raw:
+            return 16
+    if image.mode.startswith("I;16"):
+        return 16
+    return 32 if image.mode in ("I", "F") else 8
+
+
+def decode_rgb(path: Path) -> np.ndarray:
+    """The image file ``path`` as ``(H, W, 3)`` uint8 RGB (module docstring).
+
+    Raises:
+        FitInputError: unreadable, oversized, or 32-bit (integer or float) samples.
+    """
+    with open_image(path) as image:
+        bits = sample_bits(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N") and bits == 16:
+            grey = pixel_values(np.asarray(image).astype(np.uint16))
+            return np.repeat(grey[..., None], 3, axis=2)
+        if bits == 32:
+            raise FitInputError(f"{path}: {image.mode} image with 32-bit samples: not a photo "
+                                "(give 8- or 16-bit images)")
+        if image.mode in ("P", "PA"):  # palette, perhaps with transparency: via RGBA
+            image = image.convert("RGBA")
+        return np.asarray(image.convert("RGB"))
 
 
 def read_init(
@@ -131,12 +251,14 @@ def read_init(
             :class:`fitkit.fitting.FitResult`), or ``None``.
         sizes: ``(B, 2)`` image sizes, to fill missing camera keys of a file.
         names: image name stems; when given and ``init`` has ``image_names`` holding all of
-            them, the rows are picked by name.
+            them, the rows are picked by name; holding none of them, rows go by position.
     Returns:
-        The parameter arrays ``(N, ...)`` (``image_names`` dropped).
+        The parameter arrays ``(N, ...)`` (``image_names`` dropped). Values are not checked
+        here: :meth:`fitkit.fitter.Fitter.fit` flags rows that cannot be fitted.
     Raises:
         FileNotFoundError: a missing file.
-        FitInputError, fitkit.io.ParamsFileError: malformed content.
+        FitInputError, fitkit.io.ParamsFileError: malformed content; ``image_names`` that hold
+            some of ``names`` but not all (which rows belong to which image is then unknown).
     """
     if init is None:
         return {}
@@ -165,13 +287,22 @@ def read_init(
                 raise FitInputError(
                     f"init: {key} must have shape (B, {width}), got {tuple(value.shape)}"
                 )
+            if value.dtype.kind not in "fiub":
+                raise FitInputError(f"init: {key} must hold numbers, got dtype {value.dtype}")
             arrays[key] = value.astype(np.float32)
     stored = arrays.pop("image_names", None)
     if names is not None and stored is not None:
         rows = {name: row for row, name in enumerate(stored.tolist())}
-        if all(name in rows for name in names):
+        missing = [name for name in names if name not in rows]
+        if not missing:
             picked = [rows[name] for name in names]
             arrays = {key: value[picked] for key, value in arrays.items()}
+        elif len(missing) < len(names):
+            source = init if isinstance(init, str | os.PathLike) else "init"
+            raise FitInputError(
+                f"{source}: image_names holds {len(names) - len(missing)} of the {len(names)} "
+                f"images' names but not {', '.join(map(repr, missing[:5]))}"
+                f"{' ...' if len(missing) > 5 else ''}: cannot tell which row is whose")
     return arrays
 
 
@@ -219,13 +350,16 @@ def read_iuv(iuv: Any, errors: list[str] | None = None) -> np.ndarray:
     ``(I, U * 255, V * 255)``.
 
     Args:
-        iuv: ``(B, H, W, 3)`` or ``(H, W, 3)`` uint8 array or tensor ``(I, U, V)``, or
-            ``*_IUV.png`` path(s) as DensePose writes them (with OpenCV, so the file's R, G, B
-            hold V, U, I; they are flipped back here). All images must have one size.
-        errors: per-sample error list (module docstring); a bad file gives an empty image.
+        iuv: ``(B, H, W, 3)`` or ``(H, W, 3)`` integer array or tensor ``(I, U, V)`` with values
+            in 0-255, or ``*_IUV.png`` path(s) as DensePose writes them (8-bit RGB, with OpenCV,
+            so the file's R, G, B hold V, U, I; they are flipped back here). All images must
+            have one size.
+        errors: per-sample error list (module docstring); a bad sample (unreadable, oversized,
+            16-bit or not RGB, a part id ``I`` above :data:`IUV_PARTS`) gets an empty image.
     Raises:
         FileNotFoundError: a missing file (without ``errors``).
-        FitInputError: an unreadable file, a wrong shape, or images of different sizes.
+        FitInputError: a bad sample (without ``errors``; the file or the row named), a wrong
+            shape or dtype, or images of different sizes.
     """
     paths = as_paths(iuv)
     if paths is not None:
@@ -235,11 +369,7 @@ def read_iuv(iuv: Any, errors: list[str] | None = None) -> np.ndarray:
             try:
                 if not path.is_file():
                     raise FileNotFoundError(f"DensePose IUV file not found: {path}")
-                try:
-                    with Image.open(path) as file:
-                        image = np.asarray(file.convert("RGB"))[..., ::-1]
-                except OSError as error:
-                    raise FitInputError(f"{path}: not a readable image ({error})") from None
+                image = decode_iuv(path)
             except (FileNotFoundError, FitInputError) as error:
                 record_error(errors, index, error)
             images.append(image)
@@ -256,7 +386,49 @@ def read_iuv(iuv: Any, errors: list[str] | None = None) -> np.ndarray:
         raise FitInputError(
             f"iuv must have shape (B, H, W, 3) or (H, W, 3) (I, U, V), got {tuple(np.shape(iuv))}"
         )
-    return np.ascontiguousarray(array.astype(np.uint8))
+    if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() > 255)):
+        raise FitInputError("iuv must hold integers in 0-255 (I, U * 255, V * 255), got "
+                            f"{array.dtype} values" + (f" from {array.min()} to {array.max()}"
+                                                       if array.size else ""))
+    array = np.array(array, dtype=np.uint8)
+    for index, image in enumerate(array):
+        try:
+            check_parts(image, f"iuv[{index}]")
+        except FitInputError as error:
+            record_error(errors, index, error)
+            image[...] = 0
+    return array
+
+
+def decode_iuv(path: Path) -> np.ndarray:
+    """A DensePose ``*_IUV.png`` file as ``(H, W, 3)`` uint8 ``(I, U, V)``.
+
+    Raises:
+        FitInputError: unreadable, oversized, not 8-bit RGB, or a part id above
+            :data:`IUV_PARTS`.
+    """
+    with open_image(path) as file:
+        bits = sample_bits(file)
+        if file.mode != "RGB" or bits != 8:
+            raise FitInputError(
+                f"{path}: a DensePose IUV image must be 8-bit RGB (as DensePose writes it), got "
+                f"{bits}-bit {file.mode}")
+        image = np.ascontiguousarray(np.asarray(file)[..., ::-1])
+    return check_parts(image, f"{path}")
+
+
+def check_parts(image: np.ndarray, source: str) -> np.ndarray:
+    """``image`` ``(H, W, 3)`` ``(I, U, V)``, after checking its part ids.
+
+    Raises:
+        FitInputError: a part id ``I`` above :data:`IUV_PARTS` (``source`` named).
+    """
+    top = int(image[..., 0].max()) if image.size else 0
+    if top > IUV_PARTS:
+        raise FitInputError(
+            f"{source}: DensePose part id I = {top} > {IUV_PARTS} (in a file, I is the blue "
+            "channel: DensePose writes B, G, R = I, U, V)")
+    return image
 
 
 def read_displacements(displacements: Any) -> Any:

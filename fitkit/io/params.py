@@ -140,7 +140,10 @@ def validate_params(params: Mapping[str, Any], source: str | os.PathLike) -> dic
         raise ParamsFileError(
             source, "image_names", f"expected (N,) strings, got {names.dtype} {names.shape}"
         )
-    names = names.astype(str) if names.dtype.kind == "U" else np.char.decode(names, "utf-8")
+    try:
+        names = names.astype(str) if names.dtype.kind == "U" else np.char.decode(names, "utf-8")
+    except (TypeError, UnicodeDecodeError) as error:
+        raise ParamsFileError(source, "image_names", f"not readable as text ({error})") from None
     if len(set(names.tolist())) != len(names):
         raise ParamsFileError(source, "image_names", "names must be unique")
     count = len(names)

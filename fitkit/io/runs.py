@@ -12,24 +12,35 @@ writes through this module:
 - **Parts** named by row range (``parts/rows_000000-000032.npz``), not by count, so workers that
   share a folder (``--shard i/N``, torchrun ranks) never collide, and a run resumed with another
   sharding still finds what is done.
-- **Locks** (:meth:`RunStore.lock`): an exclusive lock file holding its owner (``PID HOST``), for
-  the step only one worker may do.
+- **Locks** (:func:`exclusive_lock`, :meth:`RunStore.lock`): an exclusive lock file holding its
+  owner (``PID HOST``), for the step only one worker may do; a lock of a process that no longer
+  exists is taken over. A writer holds one for as long as it writes (``RunStore(writer=...)``,
+  :func:`writer_lock`), so a second writer of the same output is refused.
+- **Inputs by content** (:func:`file_digest`): a run's settings record the digest of its input
+  files, so a resume after an input changed is refused.
 - **Seed streams** (:func:`seed_stream`): a generator per ``(seed, key...)``, so what a run draws
   for one item does not depend on the items before it.
+- **The error policy of the command lines** (:func:`run_command`): a failure caused by the input
+  ends with one line ``PROG: error: ...`` and exit code 2, a failure of the machine (disk full,
+  permission denied) with one line and exit code 1, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
 import socket
+import sys
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +53,10 @@ PART_PATTERN = re.compile(r"rows_(\d{6,})-(\d{6,})\.npz")
 
 
 class RunError(Exception):
-    """A run folder that cannot be used: not writable, holding a run with other settings, or
-    unreadable bookkeeping. The message names the folder and what differs."""
+    """A run that cannot go on because of its arguments, inputs or output folder: a folder that
+    holds a run with other settings or is being written by another process, unreadable
+    bookkeeping. The message names the file and what differs (exit code 2 under
+    :func:`run_command`). A folder the machine cannot write raises ``OSError`` instead."""
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -60,6 +73,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[Path], None]) 
 
     Returns:
         ``path``.
+    Raises:
+        OSError: the file cannot be written (disk full, no permission); it names ``path``, and
+            neither ``path`` nor the temporary file is left changed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +86,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[Path], None]) 
         else:
             data(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if (isinstance(error, OSError) and error.errno is not None
+                and error.filename in (None, str(tmp))):  # name the file the caller asked for
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     return path
 
@@ -159,6 +179,22 @@ def settings_difference(saved: Mapping[str, Any], given: Mapping[str, Any]) -> l
     return sorted(key for key in saved.keys() | given.keys() if saved.get(key) != given.get(key))
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """``"sha256:HEX"`` of a file's bytes, or of a folder's files (their relative names and
+    bytes, in name order): recorded in a run's settings, so that a resume after an input
+    changed is refused."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        if path.is_dir():
+            digest.update(f"{file.relative_to(path).as_posix()}\0".encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def seed_stream(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator for ``(seed, *keys)``: one independent stream per item or step, so a
     resumed or sharded run draws exactly what a whole run would."""
@@ -205,6 +241,103 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+# --------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[bool]:
+    """Try to take the exclusive lock file ``path`` (its folder must exist); yields whether this
+    process holds it (a lock held by another process is not waited for). The lock is released
+    on exit.
+
+    A lock left by a killed process is taken over when its process no longer exists; a lock
+    held on another machine (``HOST`` differs) is never judged stale.
+    """
+    path = Path(path)
+    held = _acquire(path)
+    try:
+        yield held
+    finally:
+        if held:
+            path.unlink(missing_ok=True)
+
+
+def lock_holder(path: str | os.PathLike) -> str:
+    """Who holds a lock file, for messages: ``"process PID on HOST"``."""
+    try:
+        owner, _, host = Path(path).read_text().partition(" ")
+    except OSError:
+        return "another process"
+    return f"process {owner.strip()} on {host.strip() or 'this machine'}"
+
+
+def locked_message(path: Path, what: str) -> str:
+    """The message that refuses a second writer of ``what`` (locked by ``path``)."""
+    return (f"{what} is being written by another run ({lock_holder(path)}, lock {path}); wait "
+            "for it to end or use another output (if that process is not running, delete the "
+            "lock)")
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold the exclusive lock file ``path`` while writing ``what`` (an output folder or
+    file); its folder is created.
+
+    Raises:
+        RunError: another live process holds it (named, with the lock's path).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(path) as held:
+        if not held:
+            raise RunError(locked_message(path, what))
+        yield
+
+
+def _acquire(path: Path) -> bool:
+    for _ in range(2):
+        # The lock appears with its owner written in it (a hard link to a finished file),
+        # so no worker ever reads an empty lock and takes it for a stale one.
+        tmp = temporary_path(path)
+        tmp.write_text(f"{os.getpid()} {socket.gethostname()}")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if _lock_is_live(path):
+                return False
+            path.unlink(missing_ok=True)  # stale: its worker is gone
+            continue
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+    return False
+
+
+def _lock_is_live(path: Path) -> bool:
+    """Whether the owner written in a lock file (``PID HOST``) may still hold it: a process
+    of this machine that exists, or any process of another machine."""
+    try:
+        owner, _, host = path.read_text().partition(" ")
+        pid = int(owner)
+    except (FileNotFoundError, ValueError):
+        return False  # released this instant, or not written by a live lock (always complete)
+    except OSError:
+        return True  # unreadable: not provably stale
+    if host.strip() and host.strip() != socket.gethostname():
+        return True
+    return _process_exists(pid)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --------------------------------------------------------------------------- the run folder
 
 
@@ -221,12 +354,21 @@ class RunStore:
         overwrite: start over in a folder that holds a run (its outputs are removed).
         shared: other workers may open the same folder at the same time (shards): a folder
             that holds a run with the same settings is joined without ``resume``.
+        writer: the name of the writer lock (``.locks/NAME.lock``) this store holds until it is
+            closed (:meth:`close`, or the end of a ``with`` block): ``"writer"`` for a run that
+            writes the folder alone, ``"shard-I-N"`` for a shard. It is taken before anything
+            in the folder is removed. A store that is not ``shared`` is refused while any other
+            lock of the folder is live; a ``shared`` one while the lock ``"writer"`` is.
+            ``None``: no writer lock.
     Raises:
         RunError: a non-empty folder without ``resume``/``overwrite``/``shared``, one that holds
-            a run with other settings, or one that cannot be written.
+            a run with other settings, or one that another live writer holds.
+        OSError: a folder the machine cannot write.
     """
 
     SETTINGS = "settings.json"
+    SOLE_WRITER = "writer"
+    """The writer lock of a run that writes its folder alone (no shards)."""
 
     def __init__(
         self,
@@ -236,32 +378,62 @@ class RunStore:
         resume: bool = False,
         overwrite: bool = False,
         shared: bool = False,
+        writer: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.settings = canonical(settings)
         self.outputs = outputs
+        self._writer: Path | None = None
         if self.root.exists() and not self.root.is_dir():
             raise RunError(f"output {self.root} exists and is not a folder")
-        has_content = self.root.is_dir() and any(self.root.iterdir())
-        if has_content and overwrite:
-            for name in (self.SETTINGS, "parts", ".locks", *outputs):
-                path = self.root / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-        elif has_content and not (resume or shared):
+        has_content = self.root.is_dir() and any(
+            path.name != ".locks" for path in self.root.iterdir())
+        if has_content and not (resume or overwrite or shared):
             raise RunError(f"output folder {self.root} is not empty; pass --resume to continue "
                            "the run in it or --overwrite to replace its results")
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+        if writer is not None:
+            self._take_writer(writer, shared)
         try:
-            (self.root / "parts").mkdir(parents=True, exist_ok=True)
-            (self.root / ".locks").mkdir(exist_ok=True)
+            if has_content and overwrite:
+                for name in (self.SETTINGS, "parts", *outputs):
+                    path = self.root / name
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    elif path.exists():
+                        path.unlink()
+            (self.root / "parts").mkdir(exist_ok=True)
             if not shared:  # in a shared folder, another worker may be writing its temporaries
                 remove_temporaries(self.root, self.root / "parts")
-        except OSError as error:
-            raise RunError(f"cannot write the output folder {self.root}: "
-                           f"{error.strerror or error}") from None
-        self._check_settings()
+            self._check_settings()
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_writer(self, name: str, shared: bool) -> None:
+        """Take the writer lock ``name`` and check that no conflicting writer is live."""
+        locks = self.root / ".locks"
+        path = locks / f"{name}.lock"
+        if not _acquire(path):
+            raise RunError(locked_message(path, f"output folder {self.root}"))
+        self._writer = path
+        others = [locks / f"{self.SOLE_WRITER}.lock"] if shared else sorted(locks.glob("*.lock"))
+        for other in others:
+            if other != path and _lock_is_live(other):
+                self.close()
+                raise RunError(locked_message(other, f"output folder {self.root}"))
+
+    def close(self) -> None:
+        """Release the writer lock (if any); the store's files stay."""
+        if self._writer is not None:
+            self._writer.unlink(missing_ok=True)
+            self._writer = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _check_settings(self) -> None:
         path = self.root / self.SETTINGS
@@ -273,8 +445,6 @@ class RunStore:
             return
         except FileExistsError:
             pass
-        except OSError as error:
-            raise RunError(f"cannot write {path}: {error.strerror or error}") from None
         saved = None
         for _ in range(50):  # another worker may be writing it this instant
             try:
@@ -317,67 +487,135 @@ class RunStore:
         path = self.part_path(start, stop)
         try:
             return read_npz_arrays(path)
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise RunError(f"{path} is unreadable ({error}); delete it and resume") from None
+
+    def remove_damaged_parts(self) -> list[str]:
+        """Delete the parts that cannot be read (a file damaged after it was written, e.g.
+        truncated by a copy), so that their rows count as not done and are made again.
+
+        Returns:
+            One message per removed part: ``"PATH is unreadable (REASON)"``.
+        """
+        removed = []
+        for path in self.parts().values():
+            try:
+                read_npz_arrays(path)
+            except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+                path.unlink(missing_ok=True)
+                removed.append(f"{path} is unreadable ({error})")
+        return removed
 
     # locks ---------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[bool]:
-        """Try to take the exclusive lock ``name``; yields whether this worker holds it (a lock
-        held by another worker is not waited for). The lock is released on exit.
-
-        A lock left by a killed worker is taken over when its process no longer exists; a lock
-        held on another machine (``HOST`` differs) is never judged stale.
-        """
-        path = self.root / ".locks" / f"{name}.lock"
-        held = self._acquire(path)
-        try:
-            yield held
-        finally:
-            if held:
-                path.unlink(missing_ok=True)
-
-    @staticmethod
-    def _acquire(path: Path) -> bool:
-        for _ in range(2):
-            # The lock appears with its owner written in it (a hard link to a finished file),
-            # so no worker ever reads an empty lock and takes it for a stale one.
-            tmp = temporary_path(path)
-            tmp.write_text(f"{os.getpid()} {socket.gethostname()}")
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                if _lock_is_live(path):
-                    return False
-                path.unlink(missing_ok=True)  # stale: its worker is gone
-                continue
-            finally:
-                tmp.unlink(missing_ok=True)
-            return True
-        return False
+    def lock(self, name: str) -> contextlib.AbstractContextManager[bool]:
+        """Try to take the exclusive lock ``.locks/NAME.lock`` (:func:`exclusive_lock`); yields
+        whether this worker holds it."""
+        return exclusive_lock(self.root / ".locks" / f"{name}.lock")
 
 
-def _lock_is_live(path: Path) -> bool:
-    """Whether the owner written in a lock file (``PID HOST``) may still hold it: a process
-    of this machine that exists, or any process of another machine."""
+# --------------------------------------------------------------------------- devices
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have (``"tpu"``, ``"cuda"`` without a GPU,
+    ``"cuda:3"`` with one), before a long job loads anything.
+
+    Raises:
+        ValueError: naming the device and why it cannot be used.
+    """
+    if device is None:
+        return
     try:
-        owner, _, host = path.read_text().partition(" ")
-        pid = int(owner)
-    except (FileNotFoundError, ValueError):
-        return False  # released this instant, or not written by a live lock (always complete)
-    except OSError:
-        return True  # unreadable: not provably stale
-    if host.strip() and host.strip() != socket.gethostname():
-        return True
-    return _process_exists(pid)
+        torch.empty(0, device=torch.device(device))
+    except (RuntimeError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unavailable"
+        raise ValueError(f"device {device!r} cannot be used on this machine ({reason}); "
+                         f"cuda available: {torch.cuda.is_available()}") from None
 
 
-def _process_exists(pid: int) -> bool:
+# --------------------------------------------------------------------------- the error policy
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The exit code of fitkit's command lines for a failure (:func:`run_command`).
+
+    Returns:
+        2 for a failure caused by the input or the arguments (``ValueError``, which every
+        fitkit reader's error is, a missing file, :class:`RunError`); 1 for a failure of the
+        machine (any other ``OSError``: disk full, permission denied, a read-only folder; out
+        of memory); ``None`` for anything else (a bug, whose traceback should be seen).
+    """
+    if isinstance(error, ValueError | FileNotFoundError | RunError):
+        return 2
+    if isinstance(error, OSError | MemoryError | torch.cuda.OutOfMemoryError):
+        return 1
+    return None
+
+
+def error_line(error: BaseException) -> str:
+    """A failure's message on one line (an operating system error as ``FILE: REASON``)."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        text = f"{error.filename}: {error.strerror}"
+        if error.filename2 is not None:
+            text += f" ({error.filename2})"
+    else:
+        text = str(error) or type(error).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def run_command(prog: str, command: Callable[[], int], interrupted: str = "") -> int:
+    """Run a command line's work under fitkit's error policy; returns the exit code.
+
+    ``command`` returns the exit code of a success (0, usually). A failure caused by the input
+    or the arguments prints one line ``PROG: error: MESSAGE`` (the message names the file and
+    field) and returns 2; a failure of the machine prints one such line and returns 1
+    (:func:`exit_code`); every file is written atomically, so nothing half-written is left.
+    Ctrl-C prints ``PROG: interrupted`` and ``interrupted`` (what to do next) and returns 130.
+    Anything else is a bug and propagates with its traceback.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return command()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""),
+              file=sys.stderr)
+        return 130
+    except Exception as error:
+        code = exit_code(error)
+        if code is None:
+            raise
+        print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
+        return code
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type of a count: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type of a count that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type of a rate or scale: a finite number > 0 (not ``nan``, not ``inf``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value

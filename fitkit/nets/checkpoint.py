@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from fitkit.io.runs import write_torch
+from fitkit.io.safe_pickle import error_summary
 from fitkit.nets.flownet import FlowNet, FlowNetConfig
 
 FORMAT = "fitkit.network"
@@ -183,7 +184,8 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({error})") from error
+        raise CheckpointError(f"{path}: not a readable torch checkpoint "
+                              f"({error_summary(error)})") from error
     layout = state.get("format") if isinstance(state, dict) else None
     if layout != FORMAT and layout not in LEGACY_FORMATS:
         raise CheckpointError(f"{path}: not a fitkit {what} checkpoint "

@@ -86,6 +86,11 @@ def load(name_or_path: str | Path) -> PosePrior:
     Returns:
         The prior on the CPU, in eval mode, its parameters frozen (``requires_grad`` False) so a
         fitter's backward pass only reaches the pose or latent.
+    Raises:
+        FileNotFoundError: no such path, or a file its layout needs is missing.
+        ValueError: an unknown layout; :class:`~fitkit.io.safe_pickle.UnsafePickleError` for a
+            file that names code (nothing from it runs); :class:`~fitkit.io.npz.FileKeyError`
+            for an unreadable file or a bad key. Every message starts with the file's path.
     """
     if isinstance(name_or_path, str) and name_or_path in PRIORS:
         kind = PRIORS[name_or_path]

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from fitkit.geometry.rotations import matrix_to_rot6d, rot6d_to_matrix
+from fitkit.io.npz import FileKeyError
 from fitkit.io.runs import atomic_write, write_torch
+from fitkit.io.safe_pickle import error_summary, safe_torch_load
 from fitkit.priors.base import LatentPosePrior
 
 NUM_BODY_JOINTS = 23
@@ -284,30 +286,61 @@ class CNFPrior(LatentPosePrior):
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> CNFPrior:
-        """Load a folder written by :meth:`save_folder` (strict keys, clear errors)."""
+        """Load a folder written by :meth:`save_folder` (strict keys, tensors only).
+
+        Raises:
+            FileNotFoundError: no ``config.json`` or ``weights.pt``.
+            UnsafePickleError: ``weights.pt`` names code (anything but tensors and containers).
+            FileKeyError: an unreadable file, a missing or malformed config field, or weights
+                that do not match the config (missing and unexpected keys listed).
+        """
         folder = Path(folder)
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path}: missing (not a fitkit cNF folder)")
-        config = json.loads(config_path.read_text())
-        if config.get("format") != CNF_FORMAT:
-            raise ValueError(f"{config_path}: 'format' is {config.get('format')!r}, "
-                             f"expected {CNF_FORMAT!r}")
-        keys = ("context_dim", "num_layers", "hidden", "num_blocks", "energy_offset")
-        missing = [k for k in keys if k not in config]
-        if missing:
-            raise KeyError(f"{config_path}: missing key(s) {missing}")
-        prior = cls(**{k: config[k] for k in keys})
+        prior = cls(**_read_config(folder / "config.json"))
         weights_path = folder / "weights.pt"
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(weights_path)
+        if not isinstance(state, dict):
+            raise FileKeyError(weights_path, None,
+                               f"expected a state_dict (a dict), got {type(state).__name__}")
         expected = set(prior.state_dict())
         missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - expected)
+        unexpected = sorted(str(k) for k in set(state) - expected)
         if missing or unexpected:
-            raise KeyError(f"{weights_path}: state_dict mismatch: missing {missing}, "
-                           f"unexpected {unexpected}")
-        prior.load_state_dict(state, strict=True)
+            raise FileKeyError(weights_path, None, f"state_dict mismatch: missing {missing}, "
+                               f"unexpected {unexpected}")
+        try:
+            prior.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError) as error:
+            raise FileKeyError(weights_path, None, f"does not fit config.json "
+                               f"({error_summary(error)})") from error
         return prior
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The constructor arguments in a cNF folder's ``config.json``, checked."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (not a fitkit cNF folder)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FileKeyError(path, None, f"not valid JSON ({error_summary(error)})") from error
+    if not isinstance(config, dict):
+        raise FileKeyError(path, None, f"expected a JSON object, got {type(config).__name__}")
+    if config.get("format") != CNF_FORMAT:
+        raise FileKeyError(path, "format", f"is {config.get('format')!r}, expected {CNF_FORMAT!r}")
+    if config.get("version") != CNF_VERSION:
+        raise FileKeyError(path, "version", f"is {config.get('version')!r}, this fitkit reads "
+                           f"version {CNF_VERSION}")
+    arguments: dict[str, Any] = {}
+    for key, minimum in (("context_dim", 0), ("num_layers", 1), ("hidden", 1), ("num_blocks", 1)):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise FileKeyError(path, key, f"expected an integer >= {minimum}, got {value!r}")
+        arguments[key] = value
+    offset = config.get("energy_offset")
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not math.isfinite(offset):
+        raise FileKeyError(path, "energy_offset", f"expected a finite number, got {offset!r}")
+    arguments["energy_offset"] = float(offset)
+    return arguments
 
 
 def is_cnf_folder(path: Path) -> bool:

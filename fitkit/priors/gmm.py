@@ -18,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fitkit.io.npz import FileKeyError
 from fitkit.io.runs import atomic_write
+from fitkit.io.safe_pickle import safe_load
 from fitkit.priors.base import PosePrior
 
 GMM_KEYS: tuple[str, ...] = ("means", "covars", "weights")
+NUM_POSE = 69
+"""Size of the body pose (axis-angle of SMPL joints 1-23) the GMM of a file describes."""
 
 
 class GMMPrior(PosePrior):
@@ -68,26 +72,54 @@ class GMMPrior(PosePrior):
 
     @classmethod
     def from_pickle(cls, path: str | Path) -> GMMPrior:
-        """Load the official ``gmm_08.pkl`` layout (latin1 pickle of a dict of arrays)."""
+        """Load the official ``gmm_08.pkl`` layout (latin1 pickle of a dict of arrays) without
+        running code from the file (:func:`fitkit.io.safe_pickle.safe_load`).
+
+        Raises:
+            FileNotFoundError: no such file.
+            UnsafePickleError: the pickle names anything but numpy arrays.
+            FileKeyError: not a pickle of a dict, or a missing or malformed key (named).
+        """
         path = Path(path)
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+        data = safe_load(path)
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a pickled dict with keys {GMM_KEYS}, "
-                             f"got {type(data).__name__}")
-        missing = [key for key in GMM_KEYS if key not in data]
-        if missing:
-            raise KeyError(f"{path}: missing GMM key(s) {missing}; found {sorted(data)}")
+            raise FileKeyError(path, None, f"expected a pickled dict with keys "
+                               f"{', '.join(GMM_KEYS)}, got {type(data).__name__}")
+        arrays = {key: _gmm_array(data, key, path) for key in GMM_KEYS}
+        weights = arrays["weights"]
+        if weights.ndim != 1:
+            raise FileKeyError(path, "weights", f"expected shape (K,), got {weights.shape}")
+        k = weights.shape[0]
+        for key, shape in (("means", (k, NUM_POSE)), ("covars", (k, NUM_POSE, NUM_POSE))):
+            if arrays[key].shape != shape:
+                raise FileKeyError(path, key, f"expected shape {shape} for {k} components "
+                                   f"of {NUM_POSE}-d body poses, got {arrays[key].shape}")
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise FileKeyError(path, "weights", "must be non-negative and not all zero")
         try:
-            return cls(*(np.asarray(data[key], dtype=np.float64) for key in GMM_KEYS))
-        except (ValueError, torch.linalg.LinAlgError) as error:
-            raise ValueError(f"{path}: invalid GMM arrays: {error}") from error
+            return cls(*arrays.values())
+        except torch.linalg.LinAlgError as error:
+            raise FileKeyError(path, "covars", "not positive definite") from error
 
     def save_pickle(self, path: str | Path) -> None:
         """Write the official layout: latin1-readable pickle of ``means``, ``covars``, ``weights``
         as float64 NumPy arrays."""
         data = {key: getattr(self, key).detach().cpu().double().numpy() for key in GMM_KEYS}
         atomic_write(path, pickle.dumps(data, protocol=2))
+
+
+def _gmm_array(data: dict, key: str, path: Path) -> np.ndarray:
+    """``data[key]`` as a finite float64 array, or a :class:`FileKeyError` naming the key."""
+    if key not in data:
+        raise FileKeyError(path, key, f"missing (a gmm_08.pkl holds {', '.join(GMM_KEYS)}; "
+                           f"found {', '.join(sorted(map(str, data)))})")
+    try:
+        array = np.asarray(data[key], dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise FileKeyError(path, key, f"not an array of numbers ({error})") from error
+    if not np.isfinite(array).all():
+        raise FileKeyError(path, key, "contains NaN or infinite values")
+    return array
 
 
 def _log_gaussians(x: torch.Tensor, means: torch.Tensor, covars: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,6 @@ and decodes it, or evaluates :meth:`VPoserPrior.energy` on the encoder mean of a
 
 from __future__ import annotations
 
-import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,31 @@ import yaml
 from torch import nn
 
 from fitkit.geometry.rotations import rot6d_to_matrix
+from fitkit.io.npz import FileKeyError
 from fitkit.io.runs import atomic_write, write_torch
+from fitkit.io.safe_pickle import error_summary, safe_torch_load
 from fitkit.priors.base import LatentPosePrior
 
 NUM_VPOSER_JOINTS = 21
 CHECKPOINT_PREFIX = "vp_model."
+
+
+class _LightningCallbackKey:
+    """Stand-in for a PyTorch-Lightning 1.x callback class: such checkpoints key each callback's
+    state by its class (``checkpoint["callbacks"]``). Only the name is read; no code runs."""
+
+
+LIGHTNING_GLOBALS: tuple[tuple[type, str], ...] = (
+    (type("ModelCheckpoint", (_LightningCallbackKey,), {}),
+     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+    (type("EarlyStopping", (_LightningCallbackKey,), {}),
+     "pytorch_lightning.callbacks.early_stopping.EarlyStopping"),
+    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),  # hyper_parameters
+)
+"""The non-tensor globals an official VPoser v2 snapshot (a PyTorch-Lightning 1.x ``.ckpt``) may
+hold besides tensors and plain containers (``epoch``, ``global_step``, ``optimizer_states``,
+``lr_schedulers``, ``pytorch-lightning_version``), each mapped to a data-only stand-in (Lightning's
+``AttributeDict`` to a plain ``dict``)."""
 
 
 class NormalDistDecoder(nn.Module):
@@ -150,31 +168,38 @@ class VPoserPrior(LatentPosePrior):
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> VPoserPrior:
-        """Load a VPoser v2 experiment folder (``*.yaml`` + newest ``snapshots/*.ckpt``).
+        """Load a VPoser v2 experiment folder (``*.yaml`` + newest ``snapshots/*.ckpt``),
+        tensors only (:func:`fitkit.io.safe_pickle.safe_torch_load` with
+        :data:`LIGHTNING_GLOBALS`).
 
         Raises:
             FileNotFoundError: no yaml or no snapshot in the folder.
-            KeyError: the checkpoint's keys do not match v2's (missing and unexpected listed).
+            UnsafePickleError: the snapshot names code (a class or function not allowed).
+            FileKeyError: an unreadable yaml or snapshot, a bad ``model_params`` field, or a
+                ``state_dict`` that does not match v2's keys (missing and unexpected listed) or
+                the yaml's sizes.
         """
         folder = Path(folder)
-        config = _read_config(folder)
-        params = config.get("model_params") or {}
-        model = VPoserV2(int(params.get("num_neurons", 512)), int(params.get("latentD", 32)))
+        model = VPoserV2(*_model_params(folder))
         ckpt_path = newest_snapshot(folder)
-        checkpoint = _load_checkpoint(ckpt_path)
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise KeyError(f"{ckpt_path}: no 'state_dict' in the checkpoint")
+        checkpoint = safe_torch_load(ckpt_path, LIGHTNING_GLOBALS)
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise FileKeyError(ckpt_path, "state_dict", "missing (not a VPoser v2 snapshot)")
         # Entries outside the prefix (the trainer's body model, ...) are not VPoser's.
         state = {k.removeprefix(CHECKPOINT_PREFIX): v for k, v in checkpoint["state_dict"].items()
-                 if k.startswith(CHECKPOINT_PREFIX)}
+                 if isinstance(k, str) and k.startswith(CHECKPOINT_PREFIX)}
         expected = set(model.state_dict())
         missing = sorted(expected - set(state))
         unexpected = sorted(set(state) - expected)
         if missing or unexpected:
-            raise KeyError(
-                f"{ckpt_path}: state_dict does not match VPoser v2 (keys prefixed "
+            raise FileKeyError(
+                ckpt_path, "state_dict", f"does not match VPoser v2 (keys prefixed "
                 f"'{CHECKPOINT_PREFIX}'): missing {missing}, unexpected {unexpected}")
-        model.load_state_dict(state, strict=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError) as error:
+            raise FileKeyError(ckpt_path, "state_dict", f"does not fit the sizes of the folder's "
+                               f"yaml ({error_summary(error)})") from error
         return cls(model)
 
     def save_folder(self, folder: str | Path, name: str = "vposer", epoch: int = 0,
@@ -218,22 +243,27 @@ def newest_snapshot(folder: Path) -> Path:
     return snapshots[-1]
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def _model_params(folder: Path) -> tuple[int, int]:
+    """``num_neurons`` and ``latentD`` from the folder's yaml (``model_params``; v2's 512 and
+    32 when absent)."""
     yamls = sorted(folder.glob("*.yaml"))
     if not yamls:
         raise FileNotFoundError(f"{folder}: no *.yaml experiment configuration (VPoser v2 folder)")
-    config = yaml.safe_load(yamls[0].read_text()) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{yamls[0]}: expected a mapping at the top level")
-    return config
-
-
-def _load_checkpoint(path: Path) -> Any:
-    """Load tensors only; a checkpoint that pickles other objects (e.g. training hyperparameters
-    of the official release) is loaded fully, with a warning, as the user chose the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        warnings.warn(f"{path}: not a tensors-only checkpoint ({error}); loading it fully",
-                      stacklevel=3)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        config = yaml.safe_load(yamls[0].read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise FileKeyError(yamls[0], None, f"not a readable yaml ({error_summary(error)})"
+                           ) from error
+    if not isinstance(config, dict):
+        raise FileKeyError(yamls[0], None, "expected a mapping at the top level")
+    params = config.get("model_params") or {}
+    if not isinstance(params, dict):
+        raise FileKeyError(yamls[0], "model_params", "expected a mapping")
+    sizes = []
+    for key, default in (("num_neurons", 512), ("latentD", 32)):
+        value = params.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FileKeyError(yamls[0], f"model_params.{key}",
+                               f"expected a positive integer, got {value!r}")
+        sizes.append(value)
+    return sizes[0], sizes[1]

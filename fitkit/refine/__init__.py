@@ -22,27 +22,31 @@ output folder (a run store, :mod:`fitkit.io.runs`) gets::
     overlays/NAME.png               image | initial mesh | refined mesh, for the first K images
 
 Every file is written under a temporary name and renamed. An interrupted run continues with
-``--resume`` (finished batches are kept); without it a non-empty output folder is refused unless
-``--overwrite``. Workers of one run (``--shard i/N`` or torchrun ranks) share the output folder:
+``--resume`` (finished batches are kept; a part damaged since is redone, with a warning);
+without it a non-empty output folder is refused unless ``--overwrite``. A resume is refused
+when a setting or the content of ``init.npz``, ``gt.npz``, the body, prior or network file
+changed. Workers of one run (``--shard i/N`` or torchrun ranks) share the output folder:
 batch k is shard ``k % N``'s, parts are named by their rows, and whoever finds every row done
 writes ``results.npz`` and ``metrics.json`` (under a lock; with torchrun, rank 0 after all ranks
-finish). A sample whose files are missing or malformed keeps its initial parameters and is
-flagged ``bad_input`` (its message in ``error``); the others are refined. Bad arguments or an
-unusable dataset stop with a message naming the file and field and exit code 2.
+finish). A run holds a writer lock (``.locks/writer.lock``; a shard ``.locks/shard-I-N.lock``)
+while it writes, so a second run on the same folder, or a second copy of one shard, is refused
+while the first lives (a killed run's lock is taken over).
+
+Errors: a sample whose files are missing or malformed, or whose initial parameters are unusable,
+keeps its initial parameters and is flagged ``bad_input`` (its message in ``error``); the others
+are refined. Bad arguments, an unusable dataset, prior, body or network, flow options that the
+data terms would ignore, or a device this machine lacks stop with one line naming the file and
+field (or option) and exit code 2; a failure of the machine (disk full, permission denied) with
+one line and exit code 1 (:func:`fitkit.io.runs.run_command`), leaving only complete files.
 
 Data terms come from the registry (:mod:`fitkit.terms`); ``--import MODULE`` imports a user's
 module first, so a term it registers can be named in ``--data-term``.
 """
 
 from fitkit.refine.cli import build_parser, main
+from fitkit.refine.inputs import read_textures
 from fitkit.refine.report import METRICS, compute_metrics, metrics_table, write_overlays
-from fitkit.refine.run import (
-    FLOW_SOURCES,
-    RefineError,
-    RefineSummary,
-    read_textures,
-    refine_dataset,
-)
+from fitkit.refine.run import FLOW_SOURCES, RefineError, RefineSummary, refine_dataset
 
 __all__ = [
     "FLOW_SOURCES",

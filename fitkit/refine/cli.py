@@ -1,15 +1,17 @@
 """The command line of ``python -m fitkit.refine``: parse, route to
-:func:`~fitkit.refine.run.refine_dataset`, print the summary; exit code 2 on bad input."""
+:func:`~fitkit.refine.run.refine_dataset`, print the summary. Failures follow fitkit's error
+policy (:func:`fitkit.io.runs.run_command`): one line ``python -m fitkit.refine: error: ...``,
+exit code 2 for bad input or arguments, 1 for a failure of the machine."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Sequence
 
+from fitkit.io.runs import non_negative_int, positive_float, positive_int, run_command
 from fitkit.refine.report import metrics_table
-from fitkit.refine.run import FLOW_SOURCES, RefineError, refine_dataset
+from fitkit.refine.run import FLOW_SOURCES, RefineError, RefineSummary, refine_dataset
 from fitkit.terms import term_keywords
 
 
@@ -34,19 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flow", choices=FLOW_SOURCES,
                         help="displacements for the flow term: predicted (default, by the "
                         "displacement network) or exact (the true field from gt.npz)")
-    parser.add_argument("--flow-net", default="auto",
+    parser.add_argument("--flow-net",
                         help="displacement network: auto (default: open with --texture, else "
                         "open-notexture), open, open-notexture, or a checkpoint path")
     parser.add_argument("--texture",
                         help="the subjects' textures, for a network with texture input: a folder "
                         "of UV textures NAME.png, estimate (from each image alone), or other "
                         "(the next image's estimate; ablation); default none")
-    parser.add_argument("--flow-rounds", type=int, default=1, metavar="R",
+    parser.add_argument("--flow-rounds", type=positive_int, metavar="R",
                         help="predicted flow: R rounds of predicting from the latest fit and "
                         "fitting (default 1)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available; "
                         "under torchrun each rank's own GPU)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="images per batch (32)")
     parser.add_argument("--shard", metavar="i/N",
                         help="refine only batches k with k %% N == i into the common output "
                         "folder (e.g. a Slurm array); the worker that finds every batch done "
@@ -55,49 +58,57 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the interrupted run in --output")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in --output")
-    parser.add_argument("--overlays", type=int, default=8, metavar="K",
+    parser.add_argument("--overlays", type=non_negative_int, default=8, metavar="K",
                         help="overlay pictures for the first K images (default 8)")
     parser.add_argument("--preset", default="refine", help="fit preset: refine (default), spin")
-    parser.add_argument("--iterations", type=int, help="iterations per stage (preset's: 100)")
-    parser.add_argument("--lr", type=float, help="step size (preset's: 0.01)")
+    parser.add_argument("--iterations", type=positive_int,
+                        help="iterations per stage (preset's: 100)")
+    parser.add_argument("--lr", type=positive_float, help="step size (preset's: 0.01)")
     parser.add_argument("--optimizer", choices=("adam", "lbfgs"), help="optimizer (preset's)")
-    parser.add_argument("--limit", type=int, metavar="N", help="refine only the first N images")
+    parser.add_argument("--limit", type=positive_int, metavar="N",
+                        help="refine only the first N images")
     parser.add_argument("--body", default="open", help="body model (default: the open body)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m fitkit.refine``; returns the exit code."""
+    """Entry point of ``python -m fitkit.refine``; returns the exit code (0; 2: bad input or
+    arguments; 1: a failure of the machine; 130: interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
-    try:
-        for module in args.modules:
-            try:
-                importlib.import_module(module)
-            except ImportError as error:
-                raise RefineError(f"--import {module}: {error}") from None
-        summary = refine_dataset(
-            args.input, args.output, prior=args.prior, data_term=args.data_term, flow=args.flow,
-            flow_net=args.flow_net, texture=args.texture, flow_rounds=args.flow_rounds,
-            device=args.device, batch_size=args.batch_size, resume=args.resume,
-            overwrite=args.overwrite, overlays=args.overlays, preset=args.preset,
-            limit=args.limit, body=args.body, progress=not args.quiet, shard=args.shard,
-            iterations=args.iterations, lr=args.lr, optimizer=args.optimizer,
-        )
-    except RefineError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; finished batches are kept in {args.output}; run the "
-              "same command with --resume to continue", file=sys.stderr)
-        return 130
+    return run_command(parser.prog, lambda: _refine(args),
+                       interrupted=f"finished batches are kept in {args.output}; run the same "
+                       "command with --resume to continue")
+
+
+def _refine(args: argparse.Namespace) -> int:
+    """Run :func:`refine_dataset` with the parsed arguments and print its summary."""
+    for module in args.modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise RefineError(f"--import {module}: {error}") from None
+    summary = refine_dataset(
+        args.input, args.output, prior=args.prior, data_term=args.data_term, flow=args.flow,
+        flow_net=args.flow_net, texture=args.texture, flow_rounds=args.flow_rounds,
+        device=args.device, batch_size=args.batch_size, resume=args.resume,
+        overwrite=args.overwrite, overlays=args.overlays, preset=args.preset,
+        limit=args.limit, body=args.body, progress=not args.quiet, shard=args.shard,
+        iterations=args.iterations, lr=args.lr, optimizer=args.optimizer,
+    )
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: RefineSummary) -> None:
+    """What a run (or one worker of it) did, for the terminal."""
     if not summary.finished:
         print(f"{summary.rows_done} of {summary.rows} rows done in {summary.output}; the worker "
               "that finishes the last batch (or a later --resume) writes the results")
-        return 0
+        return
     metrics = summary.metrics_values
     print(metrics_table(metrics))
     flagged = {name: count for name, count in metrics["flagged"].items() if count}
@@ -106,4 +117,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results  {summary.results}\nmetrics  {summary.metrics}")
     if summary.overlays:
         print(f"overlays {summary.overlays[0].parent}/ ({len(summary.overlays)} pictures)")
-    return 0

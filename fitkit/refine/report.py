@@ -1,5 +1,12 @@
 """What a finished refine run reports: ``results.npz`` merged from the parts, ``metrics.json``
-(computed in chunks: never all meshes in memory), the text table, and overlay pictures."""
+(computed in chunks: never all meshes in memory), the text table, and overlay pictures.
+
+``metrics.json`` is strict JSON: every number in it is finite, a mean over no sample is
+``null``. Its means are over the ``num_valid`` samples: no flag, finite refined, initial and
+ground-truth parameters, finite metrics; a sample without a flag that was left out for a
+non-finite value counts in ``excluded_non_finite``. Overlays of images larger than
+:data:`OVERLAY_MAX_SIDE` are drawn downscaled.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from fitkit.body import BodyModel
 from fitkit.eval import body_metrics
 from fitkit.geometry import Camera
 from fitkit.io.dataset import Dataset
+from fitkit.io.inputs import FitInputError, read_images
 from fitkit.io.params import PARAM_SIZES
 from fitkit.io.runs import atomic_write
 from fitkit.viz import compare
@@ -25,6 +33,10 @@ METRICS = ("mpjpe", "pa_mpjpe", "pve", "pa_pve")
 
 CHUNK = 64
 """Bodies evaluated at once for metrics and pictures."""
+
+OVERLAY_MAX_SIDE = 1024
+"""Longest side of an overlay panel, pixels: larger images are drawn downscaled (their camera
+scaled with them), so that a 12000 x 12000 photo costs no more than a 1024 x 1024 one."""
 
 
 def merge_parts(parts: list[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:
@@ -73,26 +85,54 @@ def per_sample_metrics(body: BodyModel, params: Mapping[str, np.ndarray],
     return {name: torch.cat(value) for name, value in values.items()}
 
 
+def finite_rows(params: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``(N,)`` bool: the rows whose body parameters are all finite."""
+    return np.all([np.isfinite(params[key].reshape(len(params[key]), -1)).all(axis=1)
+                   for key in PARAM_SIZES], axis=0)
+
+
 def compute_metrics(
     body: BodyModel, dataset: Dataset, results: Mapping[str, np.ndarray]
 ) -> dict[str, Any]:
-    """Before/after metrics over the samples without flags (means, mm) and flag counts."""
+    """Before/after metrics (means, mm) and counts (module docstring: which samples count).
+
+    Returns:
+        ``num_images``; ``num_valid`` (the samples of the means); ``excluded_non_finite``
+        (samples without a flag left out for non-finite values); ``flagged`` (samples per
+        flag); ``units``; with ``gt.npz``, ``init`` and ``refined``: :data:`METRICS` means,
+        ``None`` when no sample counts. Only finite numbers, so it is strict JSON.
+    """
     flags = {key[5:]: results[key] for key in results if key.startswith("flag_")}
-    ok = ~np.any(np.stack(list(flags.values())), axis=0)
+    count = len(dataset.names)
+    ok = ~np.any(np.stack([np.zeros(count, bool), *flags.values()]), axis=0)
+    finite = finite_rows(results) & finite_rows(dataset.init)
+    if dataset.gt is not None:
+        finite &= finite_rows(dataset.gt)
+    rows = np.flatnonzero(ok & finite)
+    values: dict[str, dict[str, Tensor]] = {}
+    if dataset.gt is not None and len(rows):
+        gt = {key: dataset.gt[key][rows] for key in PARAM_SIZES}
+        for label, params in (("init", dataset.init), ("refined", results)):
+            values[label] = per_sample_metrics(
+                body, {key: params[key][rows] for key in PARAM_SIZES}, gt)
+        measured = torch.stack([value.isfinite() for metrics in values.values()
+                                for value in metrics.values()]).all(dim=0)
+        values = {label: {name: value[measured] for name, value in metrics.items()}
+                  for label, metrics in values.items()}
+        rows = rows[measured.numpy()]
     document: dict[str, Any] = {
-        "num_images": len(dataset.names),
-        "num_valid": int(ok.sum()),
+        "num_images": count,
+        "num_valid": len(rows),
+        "excluded_non_finite": int(ok.sum()) - len(rows),
         "flagged": {name: int(value.sum()) for name, value in flags.items()},
         "units": "mm",
     }
-    if dataset.gt is None:
-        return document
-    for label, params in (("init", dataset.init), ("refined", results)):
-        values = per_sample_metrics(body, params, dataset.gt)
-        document[label] = {
-            name: float(values[name][torch.as_tensor(ok)].mean()) if ok.any() else None
-            for name in METRICS
-        }
+    if dataset.gt is not None:
+        for label in ("init", "refined"):
+            document[label] = {
+                name: float(values[label][name].double().mean()) if len(rows) else None
+                for name in METRICS
+            }
     return document
 
 
@@ -110,12 +150,29 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def downscaled(image: np.ndarray, camera: Camera,
+               max_side: int = OVERLAY_MAX_SIDE) -> tuple[np.ndarray, Camera]:
+    """``image`` ``(H, W, 3)`` and its one camera, scaled down (area averaging) so that its
+    longer side is at most ``max_side``: focal lengths times the scale, principal point
+    ``(c + 0.5) * s - 0.5`` (pixel centres at integers); as they are when already small."""
+    height, width = image.shape[:2]
+    if max(width, height) <= max_side:
+        return image, camera
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    factor = torch.tensor([[size[0] / width, size[1] / height]], dtype=camera.focal_length.dtype)
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    return small, Camera(camera.focal_length * factor, (camera.principal_point + 0.5) * factor
+                         - 0.5, torch.tensor([[float(size[0]), float(size[1])]]))
+
+
 def write_overlays(
     body: BodyModel, dataset: Dataset, results: Mapping[str, np.ndarray], folder: Path,
     count: int,
 ) -> list[Path]:
     """``folder/NAME.png`` (image | initial mesh | refined mesh) for the first ``count``
-    images that have one."""
+    images that can be read (:func:`fitkit.io.inputs.read_images`: the size limit, 16-bit and
+    greyscale files), drawn at most :data:`OVERLAY_MAX_SIDE` pixels wide and high."""
     written: list[Path] = []
     if count <= 0:
         return written
@@ -123,13 +180,9 @@ def write_overlays(
     for row, name in enumerate(dataset.names):
         if len(written) >= count:
             break
-        path = dataset.image_path(name)
-        if not path.is_file():
-            continue
         try:
-            with Image.open(path) as file:
-                image = np.asarray(file.convert("RGB"))
-        except OSError:
+            image, = read_images(dataset.image_path(name))
+        except (FileNotFoundError, FitInputError):
             continue
         height, width = image.shape[:2]
         pick = {key: value[row:row + 1] for key, value in dataset.init.items()}
@@ -139,6 +192,7 @@ def write_overlays(
         camera = Camera(torch.as_tensor(results["focal_length"][row:row + 1]),
                         torch.as_tensor(results["camera_center"][row:row + 1]),
                         torch.tensor([[float(width), float(height)]]))
+        image, camera = downscaled(image, camera, OVERLAY_MAX_SIDE)
         picture = compare(image, {"init": init_vertices[0], "refined": refined_vertices[0]},
                           faces, camera)
         target = folder / f"{name}.png"

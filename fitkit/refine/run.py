@@ -4,6 +4,7 @@ row is done, write the results (:mod:`fitkit.refine.report`)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,12 @@ from tqdm import tqdm
 
 from fitkit import terms
 from fitkit.fitter import PREDICTED_TERMS, Fitter, term_names
-from fitkit.fitting import FitResult
-from fitkit.geometry import Camera
 from fitkit.io.dataset import Dataset, DatasetError, open_dataset
-from fitkit.io.inputs import FitInputError, image_sizes, read_images
-from fitkit.io.params import PARAM_SIZES, write_params
-from fitkit.io.runs import RunError, RunStore, Shard, write_json
+from fitkit.io.inputs import FitInputError
+from fitkit.io.params import write_params
+from fitkit.io.runs import RunError, RunStore, Shard, check_device, file_digest, write_json
 from fitkit.nets.predict import TEXTURE_MODES
+from fitkit.refine.inputs import batch_inputs, part_arrays
 from fitkit.refine.report import compute_metrics, merge_parts, write_overlays
 
 FLOW_SOURCES = ("predicted", "exact")
@@ -34,8 +34,10 @@ OUTPUTS = ("overlays", "results.npz", "metrics.json")
 """What a run writes besides its settings and parts."""
 
 
-class RefineError(Exception):
-    """A run that cannot go on: bad arguments, an unusable dataset or output folder."""
+class RefineError(RunError):
+    """A run that cannot go on: bad arguments, an unusable dataset, prior, body or network, an
+    output folder that holds another run or that another process is writing (exit code 2; the
+    message names the file and field, or the option)."""
 
 
 @dataclass
@@ -58,128 +60,6 @@ class RefineSummary:
     finished: bool = False
     rows_done: int = 0
     rows: int = 0
-
-
-# --------------------------------------------------------------------------- one batch
-
-
-def batch_inputs(
-    dataset: Dataset, names: list[str], fitter: Fitter, errors: list[str],
-    flow: str | None = None, texture: str | None = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-    """Sizes, initial parameters and every data term's input of one batch, read through the
-    terms' own readers from their ``dataset_pattern`` files; per-sample problems go to
-    ``errors`` and blank that sample's observations."""
-    init = dataset.rows(names)
-    sizes = image_sizes([dataset.image_path(name) for name in names], errors)
-    fallback = np.round(2.0 * init["camera_center"] + 1.0).astype(np.int64)
-    sizes = np.where((sizes > 0).all(axis=1, keepdims=True), sizes, fallback)
-    inputs: dict[str, Any] = {}
-    for name, keyword in fitter.keywords.items():
-        cls = terms.term_class(name)
-        if name == "flow" and flow == "exact":
-            inputs[keyword] = exact_displacements(fitter, init, dataset.rows(names, "gt"), sizes)
-        elif name in PREDICTED_TERMS and cls.dataset_pattern is None:
-            inputs |= predicted_inputs(dataset, names, fitter, errors, texture)
-        else:
-            inputs[keyword] = cls.read(dataset.files(cls.dataset_pattern, names), errors)
-    bad = np.array([bool(message) for message in errors])
-    for name, keyword in fitter.keywords.items():
-        if keyword in inputs:
-            inputs[keyword] = terms.term_class(name).blank(inputs[keyword], bad)
-    if "images" in inputs:  # images to predict from: the bad ones get no targets
-        inputs["usable"] = ~bad
-    return sizes, init, inputs
-
-
-def predicted_inputs(
-    dataset: Dataset, names: list[str], fitter: Fitter, errors: list[str],
-    texture: str | None = None,
-) -> dict[str, Any]:
-    """What :meth:`fitkit.fitter.Fitter.fit` needs to predict flow: the images (an unreadable
-    one is blank and its message goes to ``errors``) and the texture source.
-
-    Args:
-        texture: ``None``, ``estimate``, ``other`` (:data:`fitkit.nets.predict.TEXTURE_MODES`)
-            or a folder of UV textures ``NAME.png`` (RGB, square, one size), one per image.
-    Returns:
-        ``{"images": B (H, W, 3) uint8 arrays, "texture": mode or (B, 3, T, T) tensor}``.
-    Raises:
-        FitInputError: textures of different sizes, a bad network checkpoint.
-    """
-    images = []
-    for index, name in enumerate(names):
-        try:
-            images += read_images(dataset.image_path(name))
-        except (FileNotFoundError, FitInputError) as error:
-            errors[index] = errors[index] or str(error)
-            images.append(None)
-    shape = next((image.shape for image in images if image is not None), (64, 64, 3))
-    images = [image if image is not None else np.zeros(shape, np.uint8) for image in images]
-    source: str | torch.Tensor | None = texture
-    if texture not in (None, *TEXTURE_MODES) and fitter.predictor(texture).uses_texture:
-        source = read_textures(Path(texture), names, errors).to(fitter.device, fitter.body.dtype)
-    return {"images": images, "texture": source}
-
-
-def read_textures(folder: Path, names: list[str], errors: list[str]) -> torch.Tensor:
-    """``(B, 3, T, T)`` RGB textures in [0, 1] from ``folder/NAME.png``; a missing or unreadable
-    one is grey and its message goes to ``errors``.
-
-    Raises:
-        FitInputError: textures that are not square or not of one size.
-    """
-    textures: list[np.ndarray | None] = []
-    for index, name in enumerate(names):
-        try:
-            textures += read_images(folder / f"{name}.png")
-        except (FileNotFoundError, FitInputError) as error:
-            errors[index] = errors[index] or f"texture: {error}"
-            textures.append(None)
-    shapes = {texture.shape for texture in textures if texture is not None}
-    if len(shapes) > 1 or any(shape[0] != shape[1] for shape in shapes):
-        raise FitInputError(f"textures in {folder} must be square and of one size, got "
-                            f"{sorted(shape[:2] for shape in shapes)}")
-    shape = shapes.pop() if shapes else (64, 64, 3)
-    stack = np.stack([texture if texture is not None else np.full(shape, 128, np.uint8)
-                      for texture in textures])
-    return torch.as_tensor(stack).permute(0, 3, 1, 2).float() / 255.0
-
-
-def exact_displacements(
-    fitter: Fitter, init: dict[str, np.ndarray], gt: dict[str, np.ndarray], sizes: np.ndarray,
-) -> np.ndarray:
-    """The true displacement field of each sample (:func:`fitkit.terms.exact_displacements`):
-    ``(B, 2, H, W)`` pixels from the render of its initial body to where the same surface points
-    lie in the image (its ground-truth body projected), the flow term's upper bound.
-
-    Raises:
-        FitInputError: images of different sizes in one batch.
-    """
-    if not (sizes == sizes[0]).all():
-        raise FitInputError("--flow exact needs images of one size in a batch")
-    like = {"device": fitter.device, "dtype": fitter.body.dtype}
-    camera = Camera(torch.as_tensor(init["focal_length"]), torch.as_tensor(init["camera_center"]),
-                    torch.as_tensor(sizes, dtype=torch.float32)).to(**like)
-    field = terms.exact_displacements(
-        fitter.body,
-        {key: torch.as_tensor(gt[key]).to(**like) for key in PARAM_SIZES},
-        {key: torch.as_tensor(init[key]).to(**like) for key in PARAM_SIZES},
-        camera,
-    )
-    return field.cpu().numpy()
-
-
-def part_arrays(names: list[str], result: FitResult, errors: list[str]) -> dict[str, np.ndarray]:
-    """One batch's rows: parameters, energies, flags and error messages."""
-    arrays: dict[str, np.ndarray] = {"image_names": np.array(names)}
-    arrays |= {key: value.cpu().float().numpy() for key, value in result.params.items()}
-    arrays["energy"] = result.energy.cpu().double().numpy()
-    arrays |= {f"energy_{key}": value.cpu().double().numpy() for key, value in result.terms.items()}
-    arrays |= {f"flag_{key}": value.cpu().numpy() for key, value in result.flags.items()}
-    arrays["flag_bad_input"] = np.array([bool(message) for message in errors])
-    arrays["error"] = np.array(errors, dtype=str)
-    return arrays
 
 
 # --------------------------------------------------------------------------- workers
@@ -213,9 +93,9 @@ def refine_dataset(
     prior: str = "gmm",
     data_term: str | list[str] = "keypoints",
     flow: str | None = None,
-    flow_net: str = "auto",
+    flow_net: str | None = None,
     texture: str | None = None,
-    flow_rounds: int = 1,
+    flow_rounds: int | None = None,
     device: str | None = None,
     batch_size: int = 32,
     resume: bool = False,
@@ -236,14 +116,18 @@ def refine_dataset(
         data_term: registered data term(s): a name, a comma-separated string or a list.
         flow: displacement source for ``flow``: ``"predicted"`` (default) or ``"exact"`` (the
             true field from ``gt.npz``), :data:`FLOW_SOURCES`.
-        flow_net: the displacement network for predicted flow: ``auto`` (``open`` when a
-            texture is given, else ``open-notexture``), a shipped name or a checkpoint path.
+        flow_net: the displacement network for predicted flow: ``auto`` (``None``: ``open``
+            when a texture is given, else ``open-notexture``), a shipped name or a checkpoint
+            path.
         texture: the subjects' textures, for a network with texture input: a folder of UV
             textures ``NAME.png`` (e.g. a synthetic dataset's ``textures/``), ``estimate``
             (from each image alone), ``other`` (the next image's estimate; an ablation), or
             ``None`` (none known).
-        flow_rounds: rounds of predicting flow (from the latest fit) and fitting it.
-        device: default CUDA when available, else the CPU.
+        flow_rounds: rounds of predicting flow (from the latest fit) and fitting it (``None``:
+            1). ``flow``, ``flow_net``, ``texture`` and ``flow_rounds`` are refused where the
+            data terms would ignore them (no flow term; ``texture``, ``flow_net`` and
+            ``flow_rounds`` with exact flow).
+        device: default CUDA when available, else the CPU; one this machine lacks is refused.
         batch_size: images fitted together (and written as one part).
         resume, overwrite: what to do with a non-empty output folder.
         overlays: overlay pictures for the first ``overlays`` images.
@@ -253,8 +137,20 @@ def refine_dataset(
         body: body model; progress: show a tqdm bar.
         shard: ``"i/N"`` or a :class:`~fitkit.io.runs.Shard`: fit only batches ``k`` with
             ``k % N == i``; under torchrun each rank is a shard.
+
+    The run's settings (``settings.json``, compared on resume) hold the content digests of
+    ``init.npz``, ``gt.npz``, the body file and the prior or network paths, so a resume
+    after one of them changed is refused. The run holds a writer lock on the output folder
+    (``.locks/writer.lock``, or ``.locks/shard-I-N.lock`` for a shard) while it writes: a second
+    run on the same folder (or a second copy of the same shard) is refused while the first one
+    lives; the lock of a killed run is taken over. A part that cannot be read (damaged after it
+    was written) is deleted with a warning and its rows are refined again.
+
     Raises:
-        RefineError: bad arguments, an unusable dataset or output folder.
+        RefineError: bad arguments, an unusable dataset, prior, body or network, an output
+            folder that holds another run or is being written by another process.
+        OSError: the machine cannot write the output folder (disk full, no permission); what
+            was written is complete (atomic writes).
     """
     started = time.perf_counter()
     try:
@@ -263,18 +159,24 @@ def refine_dataset(
         shard = workers or (Shard.parse(shard) if isinstance(shard, str) else shard or Shard())
     except (FitInputError, ValueError) as error:
         raise RefineError(str(error)) from None
+    ignored_flags(names, flow, flow_net, texture, flow_rounds)
     if "flow" in names:
         flow = flow or "predicted"
         if flow not in FLOW_SOURCES:
             raise RefineError(f"unknown --flow {flow!r}; known: {', '.join(FLOW_SOURCES)}")
-    else:
-        flow = None
+    flow_net = "auto" if flow_net is None else flow_net
+    flow_rounds = 1 if flow_rounds is None else flow_rounds
     if (flow == "predicted" and texture is not None and texture not in TEXTURE_MODES
             and not Path(texture).is_dir()):
         raise RefineError(f"--texture {texture!r} is neither {' nor '.join(TEXTURE_MODES)} nor a "
                           "folder of textures")
     if batch_size <= 0 or (limit is not None and limit <= 0) or overlays < 0:
         raise RefineError("--batch-size and --limit must be positive, --overlays >= 0")
+    try:
+        device = worker_device(device)
+        check_device(device)
+    except ValueError as error:
+        raise RefineError(f"--device: {error}") from None
     try:
         dataset = open_dataset(input, limit)
     except DatasetError as error:
@@ -288,7 +190,7 @@ def refine_dataset(
                           "(no dataset_pattern)")
     overrides = {key: value for key, value in overrides.items() if value is not None}
     try:
-        fitter = Fitter(names, prior, body, worker_device(device), flow_net=flow_net,
+        fitter = Fitter(names, prior, body, device, flow_net=flow_net,
                         flow_rounds=flow_rounds, preset=preset, **overrides)
         if flow == "predicted":
             fitter.predictor(texture)  # load the network now, so a bad one stops early
@@ -302,12 +204,64 @@ def refine_dataset(
                 "body": str(body),
                 **({"flow_net": str(flow_net), "texture": str(texture),
                     "flow_rounds": flow_rounds} if flow == "predicted" else {}),
-                "overrides": overrides}
+                "overrides": overrides, **input_digests(dataset, fitter, prior, flow_net)}
+    writer = RunStore.SOLE_WRITER if shard.count == 1 else f"shard-{shard.index}-{shard.count}"
     try:
         store = RunStore(output, settings, OUTPUTS, resume=resume, overwrite=overwrite,
-                         shared=shard.count > 1 and not overwrite)
+                         shared=shard.count > 1 and not overwrite, writer=writer)
     except RunError as error:
         raise RefineError(str(error)) from None
+    with store:
+        return _run(store, dataset, fitter, shard, flow, texture, batch_size, overlays,
+                    progress, started)
+
+
+def ignored_flags(names: tuple[str, ...], flow: str | None, flow_net: str | None,
+                  texture: str | None, flow_rounds: int | None) -> None:
+    """Refuse flow options that the data terms would ignore (``None``: not given).
+
+    Raises:
+        RefineError: naming the options and why they would be ignored.
+    """
+    given = {"--flow": flow, "--flow-net": flow_net, "--texture": texture,
+             "--flow-rounds": flow_rounds}
+    if "flow" not in names:
+        reason = f"the data term(s) {','.join(names)} have no flow term"
+    elif flow == "exact":
+        given.pop("--flow")
+        reason = "--flow exact takes the true field from gt.npz, not a network's prediction"
+    else:
+        return
+    ignored = [option for option, value in given.items() if value is not None]
+    if ignored:
+        raise RefineError(f"{', '.join(ignored)} would be ignored: {reason}; drop "
+                          f"{'it' if len(ignored) == 1 else 'them'}")
+
+
+def input_digests(dataset: Dataset, fitter: Fitter, prior: str, flow_net: str
+                  ) -> dict[str, str | None]:
+    """Content digests of the run's input files (:func:`fitkit.io.runs.file_digest`), by
+    name: ``init.npz``, ``gt.npz`` (``None`` when absent), the body file, and the prior and
+    flow network when given as paths. (Per-image files are not digested: a dataset's images
+    are too many to read on every start.)"""
+    gt = dataset.root / "gt.npz"
+    digests = {"init.npz": file_digest(dataset.root / "init.npz"),
+               "gt.npz": file_digest(gt) if gt.is_file() else None}
+    if Path(fitter.body.source).is_file():
+        digests["body_file"] = file_digest(fitter.body.source)
+    for key, value in (("prior_file", prior), ("flow_net_file", flow_net)):
+        if isinstance(value, str | os.PathLike) and os.path.exists(value):
+            digests[key] = file_digest(value)
+    return digests
+
+
+def _run(store: RunStore, dataset: Dataset, fitter: Fitter, shard: Shard, flow: str | None,
+         texture: str | None, batch_size: int, overlays: int, progress: bool,
+         started: float) -> RefineSummary:
+    """Fit this worker's batches that are not done into ``store``; write the results when
+    every row is done (:func:`refine_dataset`)."""
+    for message in store.remove_damaged_parts():
+        print(f"fitkit.refine: warning: {message}; its rows are refined again", file=sys.stderr)
     count = len(dataset.names)
     batches = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
     mine = [batch for k, batch in enumerate(batches) if shard.owns(k)]
@@ -322,11 +276,12 @@ def refine_dataset(
                 sizes, init, inputs = batch_inputs(dataset, batch_names, fitter, errors, flow,
                                                    texture)
                 result = fitter(sizes, init, **inputs)
-            except FitInputError as error:
+            except ValueError as error:  # FitInputError, or a body that lacks what a term needs
                 raise RefineError(str(error)) from None
             store.write_part(start, stop, part_arrays(batch_names, result, errors))
             bar.update(stop - start)
 
+    output = store.root
     summary = RefineSummary(output, output / "results.npz", output / "metrics.json", rows=count)
     if dist.is_initialized():
         dist.barrier()

@@ -5,7 +5,10 @@ Example::
     python -m fitkit.synth --out data/synth --num 64 --seed 0 --size 256 --keypoint-noise detector
     python -m fitkit.synth --out data/synth --num 64 --set init.depth=0.2 --set scene.distance=[2,6]
 
-Re-running the same command resumes an interrupted run (finished samples are kept).
+Re-running the same command resumes an interrupted run (finished samples are kept); a second
+run writing the same folder at the same time is refused. Failures follow fitkit's error policy
+(:func:`fitkit.io.runs.run_command`): one line ``python -m fitkit.synth: error: ...``, exit code
+2 for bad arguments or settings, 1 for a failure of the machine (disk full, permission denied).
 """
 
 from __future__ import annotations
@@ -15,23 +18,14 @@ import json
 import sys
 from collections.abc import Sequence
 
+from fitkit.io.runs import positive_int, run_command
 from fitkit.synth.annotate import KEYPOINT_MODES
 from fitkit.synth.config import MIN_SIZE, SynthConfig, parse_override, update_config
-from fitkit.synth.dataset import SynthError, generate_dataset
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+from fitkit.synth.dataset import generate_dataset
 
 
 def _size(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_SIZE} pixels, got {value}")
     return value
@@ -45,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="dataset folder (created; resumed if it "
                         "holds an interrupted run with the same settings)")
-    parser.add_argument("--num", required=True, type=_positive_int, help="number of images")
+    parser.add_argument("--num", required=True, type=positive_int, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--size", type=_size, default=256,
                         help="image side in pixels (default 256)")
@@ -64,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m fitkit.synth``; returns the exit code (0; 2: bad arguments or
+    settings; 1: a failure of the machine; 130: interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     config = SynthConfig(size=args.size, keypoint_noise=args.keypoint_noise)
@@ -81,18 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = update_config(config, parse_override(text))
     except ValueError as error:
         parser.error(str(error))
-    try:
+
+    def generate() -> int:
         out = generate_dataset(args.out, args.num, args.seed, config, body=args.body,
                                progress=not args.quiet)
-    except SynthError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    print(f"wrote {args.num} samples to {out}")
-    return 0
+        print(f"wrote {args.num} samples to {out}")
+        return 0
+
+    return run_command(parser.prog, generate,
+                       interrupted="run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,8 @@ def update_config(config: Any, overrides: Mapping[str, Any], where: str = "") ->
             tuples where the default is a tuple.
         where: the dotted name of ``config`` in error messages (empty at the top).
     Raises:
-        ValueError: an unknown field or a value of the wrong kind, naming the field.
+        ValueError: an unknown field or a value of the wrong kind (or not finite), naming the
+            field.
     """
     known = {f.name for f in dataclasses.fields(config)}
     changes = {}
@@ -84,15 +86,19 @@ def update_config(config: Any, overrides: Mapping[str, Any], where: str = "") ->
             changes[key] = update_config(current, value, name)
         elif isinstance(current, tuple):
             numbers = isinstance(value, list | tuple) and all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value)
             if not numbers or len(value) != len(current):
-                raise ValueError(f"setting {name!r} takes {len(current)} numbers, got {value!r}")
+                raise ValueError(f"setting {name!r} takes {len(current)} finite numbers, "
+                                 f"got {value!r}")
             changes[key] = tuple(float(v) for v in value)
         elif isinstance(current, bool | str) or not isinstance(value, int | float):
             if type(value) is not type(current):
                 raise ValueError(f"setting {name!r} takes a {type(current).__name__}, "
                                  f"got {value!r}")
             changes[key] = value
+        elif not math.isfinite(value):
+            raise ValueError(f"setting {name!r} takes a finite number, got {value!r}")
         elif isinstance(current, int) and not float(value).is_integer():
             raise ValueError(f"setting {name!r} takes an integer, got {value!r}")
         else:

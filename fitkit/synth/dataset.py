@@ -16,7 +16,10 @@ padded), so a sample's bytes never depend on how many samples were requested or 
 interrupted run had finished. Every file is written atomically (:func:`fitkit.io.runs.atomic_write`:
 a temporary name renamed into place), so a file that exists is complete; a sample is done when all
 its files exist. A run resumes only with the settings it was made with (``records/settings.json``,
-compared with :func:`fitkit.io.runs.settings_difference`).
+compared with :func:`fitkit.io.runs.settings_difference`; they hold the body file's content
+digest too). While a run writes, it holds the lock ``records/writer.lock``
+(:func:`fitkit.io.runs.writer_lock`): a second run on the same folder is refused while the first
+lives, and the lock of a killed run is taken over.
 """
 
 from __future__ import annotations
@@ -37,11 +40,14 @@ from fitkit.body import load_body
 from fitkit.io.openpose import write_openpose
 from fitkit.io.params import validate_params
 from fitkit.io.runs import (
+    RunError,
     atomic_write,
+    file_digest,
     json_bytes,
     npz_bytes,
     remove_temporaries,
     settings_difference,
+    writer_lock,
 )
 from fitkit.synth.config import SynthConfig
 from fitkit.synth.world import PARAM_KEYS, SampleBatch, SynthWorld
@@ -50,8 +56,9 @@ BATCH_SIZE = 4
 """Samples generated together (their indices are ``k * BATCH_SIZE ...``)."""
 
 
-class SynthError(RuntimeError):
-    """A dataset cannot be written (bad folder, settings that clash with an earlier run)."""
+class SynthError(RunError):
+    """A dataset cannot be made: an unusable body model, a folder that holds a run with other
+    settings (exit code 2 under :func:`fitkit.io.runs.run_command`)."""
 
 
 def sample_name(index: int) -> str:
@@ -73,30 +80,33 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def settings_document(seed: int, body: str, config: SynthConfig) -> dict:
+def settings_document(seed: int, body: str, config: SynthConfig,
+                      body_digest: str | None = None) -> dict:
     """What decides a sample's bytes besides its index (compared when a run resumes), as plain
-    JSON values in a fixed key order (``settings.json`` and ``meta.json`` keep it)."""
+    JSON values in a fixed key order (``settings.json`` and ``meta.json`` keep it).
+
+    Args:
+        body: the body's name or path, as given; body_digest: its file's content digest
+            (:func:`fitkit.io.runs.file_digest`).
+    """
     return json.loads(json.dumps({
         "generator": "fitkit.synth", "version": fitkit.__version__, "seed": seed, "body": body,
-        "batch_size": BATCH_SIZE, "config": dataclasses.asdict(config),
-    }))
+        "body_file": body_digest, "batch_size": BATCH_SIZE, "config": dataclasses.asdict(config),
+    }, allow_nan=False))
 
 
 def _prepare(out: Path, settings: dict) -> None:
     """Create the folders, remove temporary files an interrupted run left behind, and check
-    that an existing run used the same settings."""
-    try:
-        folders = [out / sub for sub in ("images", "keypoints", "densepose", "textures",
-                                         "records")]
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(out, *folders)
-        probe = out / "records" / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        reason = error.strerror or error
-        raise SynthError(f"cannot write the dataset folder {out}: {reason}") from None
+    that an existing run used the same settings (call it holding the writer lock).
+
+    Raises:
+        SynthError: a run with other settings, unreadable settings.
+        OSError: a folder the machine cannot write.
+    """
+    folders = [out / sub for sub in ("images", "keypoints", "densepose", "textures", "records")]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, *folders)
     path = out / "records" / "settings.json"
     if path.exists():
         try:
@@ -189,7 +199,9 @@ def generate_dataset(
         The folder.
     Raises:
         SynthError: the body model cannot be loaded or lacks UVs or DensePose labels, the
-            folder cannot be written, or it holds a run with other settings.
+            folder holds a run with other settings, or another live run is writing it.
+        OSError: the machine cannot write the folder (disk full, no permission); the files
+            written are complete (atomic writes), and a later run resumes.
         ValueError: bad ``num`` or settings.
     """
     if num <= 0:
@@ -197,11 +209,22 @@ def generate_dataset(
     config = config or SynthConfig()
     out = Path(out)
     try:
-        world = SynthWorld(load_body(body), config)
+        model = load_body(body)
+        world = SynthWorld(model, config)
     except (FileNotFoundError, ValueError) as error:
         raise SynthError(f"cannot use the body model {body!r}: {error}") from None
-    settings = settings_document(seed, body, config)
-    _prepare(out, settings)
+    digest = file_digest(model.source) if Path(model.source).is_file() else None
+    settings = settings_document(seed, body, config, digest)
+    with writer_lock(out / "records" / "writer.lock", f"dataset folder {out}"):
+        _prepare(out, settings)
+        _generate(out, num, seed, world, settings, progress)
+    return out
+
+
+def _generate(out: Path, num: int, seed: int, world: SynthWorld, settings: dict,
+              progress: bool) -> None:
+    """Render and write the samples of ``range(num)`` that are not complete, then the
+    parameter files and ``meta.json`` (:func:`generate_dataset`)."""
     todo = {i for i in range(num) if not is_complete(out, i)}
     batches = sorted({i // BATCH_SIZE for i in todo})
     threads = torch.get_num_threads()
@@ -219,4 +242,3 @@ def generate_dataset(
     finally:
         torch.set_num_threads(threads)
     _finish(out, num, settings)
-    return out

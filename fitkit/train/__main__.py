@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from fitkit.io.runs import run_command
 from fitkit.train import COMMAND_MODULES, COMMANDS
 
 PROG = "python -m fitkit.train"
@@ -25,16 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; returns the exit code: 0, or 2 with a
-    one-line message naming the command for a missing file or a bad value (a checkpoint that
-    cannot be resumed, settings that differ from the run's)."""
+    """Parse ``argv`` and run the chosen command; returns the exit code: 0; 2 with one line
+    ``python -m fitkit.train COMMAND: error: ...`` naming the file or setting for bad input (a
+    missing or malformed file, a count or rate that would not train, a checkpoint that cannot
+    be resumed, settings that differ from the run's, an output another trainer is writing); 1
+    with one line for a failure of the machine (disk full, permission denied); 130 when
+    interrupted (:func:`fitkit.io.runs.run_command`)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def train() -> int:
         COMMANDS[args.command].run(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(f"{PROG} {args.command}", train,
+                       interrupted="run the same command with --resume to continue")
 
 
 if __name__ == "__main__":

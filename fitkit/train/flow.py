@@ -15,10 +15,15 @@ batch depends on ``(seed, step)`` alone, whatever the number of loader workers. 
 ``--out`` is a normal network checkpoint (:func:`fitkit.nets.load_flownet` reads it) that also
 carries the training state (optimizer, step, RNG, settings, validation history), written atomically
 every ``checkpoint_every`` steps; ``resume=True`` continues from it, so a resumed CPU run ends with
-the same weights as an uninterrupted one (on CUDA, up to non-deterministic kernels). The held-out
-validation set is fixed (samples from :data:`VALIDATION_START` on, world seed 0), so validation
-figures of different runs compare; each evaluation also reports the zero-displacement baseline
-(the initial mesh as it is).
+the same weights as an uninterrupted one (on CUDA, up to non-deterministic kernels). A resume must
+repeat every setting that changes the weights: network config, seed, batch size, learning rate,
+augmentations, schedule, ``amp`` and the body file's content, and with the cosine schedule
+``steps`` (a constant rate may be extended to more steps; never fewer than done). The device,
+loader workers and validation settings may change. A run holds ``OUT.lock`` beside its
+checkpoint (:func:`fitkit.train.output_lock`), so a second trainer on the same output is refused.
+The held-out validation set is fixed (samples from :data:`VALIDATION_START` on, world seed 0),
+so validation figures of different runs compare; each evaluation also reports the
+zero-displacement baseline (the initial mesh as it is).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from tqdm import tqdm
 
 from fitkit.body.model import BodyModel, load_body
 from fitkit.geometry.camera import Camera
+from fitkit.io.runs import check_device, file_digest
 from fitkit.nets import (
     FLOWNET_CONFIGS,
     FlowNet,
@@ -51,7 +57,14 @@ from fitkit.nets import (
 from fitkit.nets.checkpoint import FLOWNET_KIND, CheckpointError, config_from_dict
 from fitkit.render import displacement_field
 from fitkit.synth import SynthConfig, SynthWorld
-from fitkit.train import Command, register_command, settings_mismatch
+from fitkit.train import (
+    Command,
+    check_non_negative,
+    check_positive,
+    output_lock,
+    register_command,
+    settings_mismatch,
+)
 
 VALIDATION_START = 1 << 40
 """Index of the first validation sample (training indices stay below it)."""
@@ -273,8 +286,8 @@ def train_flow(
         batch_size, lr: Adam settings (constant learning rate).
         seed: seed of the training samples and of the network's initialization.
         device: where the network trains (batches are made on the CPU).
-        resume: continue from ``out`` (it must exist and match config, seed, batch size, lr and
-            augment: run the same command again with ``resume``).
+        resume: continue from ``out`` (it must exist and match the settings the module doc
+            lists: run the same command again with ``resume``).
         checkpoint_every: steps between checkpoints.
         val_every: steps between validations (0: only at the end).
         val_size: held-out samples.
@@ -288,83 +301,108 @@ def train_flow(
             ``steps`` (a function of the step alone, so resume needs no scheduler state).
     Returns:
         The trained network (eval mode).
+    Raises:
+        ValueError: a count, step number or rate that is not positive and finite, a device
+            this machine lacks, a checkpoint that cannot be resumed with these settings.
+        RunError: another trainer writes ``out``.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    check_positive(steps=steps, batch_size=batch_size, lr=lr,
+                   checkpoint_every=checkpoint_every)
+    check_non_negative(val_every=val_every, val_size=val_size, workers=workers)
+    if config is not None:
+        check_positive(image_size=config.image_size, width=config.width, stacks=config.stacks)
+    check_device(device)
     augment = augment or FlowAugment()
-    settings = {"seed": seed, "batch_size": batch_size, "lr": lr,
-                "augment": dataclasses.asdict(augment)}
-    if schedule != "constant":  # older checkpoints have no such field: they ran constant
-        settings["schedule"] = schedule
-    state = None
-    if resume:
-        if not Path(out).is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {out}")
-        state = read_checkpoint(out, FLOWNET_KIND)
-        if "training" not in state:
-            raise CheckpointError(f"{out}: no training state to resume from (field 'training')")
-        saved = config_from_dict(state["config"], f"{out}: field 'config'")
-        mismatch = settings_mismatch(state["training"]["settings"], settings)
-        if config is not None and config != saved:
-            mismatch.append(f"config: checkpoint {saved}, given {config}")
-        if mismatch:
-            raise ValueError(f"{out}: resume with the run's own settings ({'; '.join(mismatch)})")
-        config = saved
-    config = config or FLOWNET_CONFIGS["small"]
     if not isinstance(body, BodyModel):
         body = load_body(body)
+    settings = {"seed": seed, "batch_size": batch_size, "lr": lr,
+                "augment": dataclasses.asdict(augment), "amp": amp,
+                "body": file_digest(body.source) if Path(body.source).is_file() else body.source}
+    if schedule != "constant":  # older checkpoints have no such field: they ran constant
+        settings["schedule"] = schedule
+        settings["steps"] = steps  # the decay spans the run; a constant rate may be extended
+    out = Path(out)
+    with output_lock(out):
+        state = None
+        if resume:
+            if not Path(out).is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {out}")
+            state = read_checkpoint(out, FLOWNET_KIND)
+            if "training" not in state:
+                raise CheckpointError(f"{out}: no training state to resume from "
+                                      "(field 'training')")
+            missing = [field for field in ("step", "settings", "optimizer", "rng", "history")
+                       if field not in state["training"]]
+            if missing:
+                raise CheckpointError(f"{out}: field 'training' lacks {', '.join(missing)}")
+            saved = config_from_dict(state["config"], f"{out}: field 'config'")
+            mismatch = settings_mismatch(state["training"]["settings"], settings)
+            if config is not None and config != saved:
+                mismatch.append(f"config: checkpoint {saved}, given {config}")
+            if mismatch:
+                raise ValueError(f"{out}: resume with the run's own settings "
+                                 f"({'; '.join(mismatch)})")
+            done = state["training"]["step"]
+            if done > steps:
+                raise ValueError(f"{out}: the checkpoint is at step {done}, past steps={steps}; "
+                                 f"resume with at least {done} steps")
+            config = saved
+        config = config or FLOWNET_CONFIGS["small"]
 
-    torch.manual_seed(seed)
-    net = FlowNet(config).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    start, history = 0, []
-    if state is not None:
-        training = state["training"]
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(training["optimizer"])
-        torch.set_rng_state(training["rng"])
-        start, history = training["step"], list(training["history"])
+        torch.manual_seed(seed)
+        net = FlowNet(config).to(device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        start, history = 0, []
+        if state is not None:
+            training = state["training"]
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(training["optimizer"])
+            torch.set_rng_state(training["rng"])
+            start, history = training["step"], list(training["history"])
 
-    maker = FlowBatchMaker(body, config, augment)
-    validation = validation_set(maker, val_size, batch_size) if val_size > 0 else []
-    loader = torch.utils.data.DataLoader(
-        _StepBatches(maker, seed, batch_size), batch_size=None, sampler=range(start, steps),
-        num_workers=workers, collate_fn=_as_is)
-    autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp
-                else nullcontext())
+        maker = FlowBatchMaker(body, config, augment)
+        validation = validation_set(maker, val_size, batch_size) if val_size > 0 else []
+        loader = torch.utils.data.DataLoader(
+            _StepBatches(maker, seed, batch_size), batch_size=None, sampler=range(start, steps),
+            num_workers=workers, collate_fn=_as_is)
+        autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp
+                    else nullcontext())
 
-    def save(step: int) -> None:
-        save_flownet(out, net, training={
-            "step": step, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-            "settings": settings, "history": history, "body": str(body.source)})
+        def save(step: int) -> None:
+            save_flownet(out, net, training={
+                "step": step, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                "settings": settings, "history": history, "body": str(body.source)})
 
-    net.train()
-    bar = tqdm(loader, initial=start, total=steps, desc="flow training", disable=not progress)
-    step = start
-    for step, batch in enumerate(bar, start=start + 1):
-        batch = batch.to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(lr, step - 1, steps, schedule)
-        with autocast:
-            predictions = net(batch.image, batch.renders)
-        loss = flow_loss(predictions.float(), batch.target, batch.mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 10 == 0 or step == steps:
-            epe = float(masked_epe(predictions[-1].detach().float(), batch.target, batch.mask))
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epe=f"{epe:.2f}px")
-        if validation and ((val_every and step % val_every == 0) or step == steps):
-            epe, baseline = evaluate(net, validation, device)
-            history.append({"step": step, "val_epe": epe, "val_baseline": baseline})
-            if progress:
-                tqdm.write(f"step {step}: validation EPE {epe:.3f} px "
-                           f"(zero displacement {baseline:.3f} px)")
-        if step % checkpoint_every == 0 or step == steps:
+        net.train()
+        bar = tqdm(loader, initial=start, total=steps, desc="flow training", disable=not progress)
+        step = start
+        for step, batch in enumerate(bar, start=start + 1):
+            batch = batch.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(lr, step - 1, steps, schedule)
+            with autocast:
+                predictions = net(batch.image, batch.renders)
+            loss = flow_loss(predictions.float(), batch.target, batch.mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % 10 == 0 or step == steps:
+                epe = float(masked_epe(predictions[-1].detach().float(), batch.target,
+                                       batch.mask))
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epe=f"{epe:.2f}px")
+            if validation and ((val_every and step % val_every == 0) or step == steps):
+                epe, baseline = evaluate(net, validation, device)
+                history.append({"step": step, "val_epe": epe, "val_baseline": baseline})
+                if progress:
+                    tqdm.write(f"step {step}: validation EPE {epe:.3f} px "
+                               f"(zero displacement {baseline:.3f} px)")
+            if step % checkpoint_every == 0 or step == steps:
+                save(step)
+        if step == start:
             save(step)
-    if step == start:
-        save(step)
-    return net.eval()
+        return net.eval()
 
 
 def _preset(text: str) -> FlowNetConfig:

@@ -7,6 +7,14 @@ ends): a killed run started again with ``resume=True`` and the same settings con
 last checkpoint (other settings are refused, naming them). Batches are drawn from the seed stream
 of ``(seed, step)`` (:func:`fitkit.io.runs.seed_stream`) and the global RNG state (dropout, noise,
 VAE samples) is checkpointed, so a resumed run ends with the same weights as an uninterrupted one.
+
+The settings a resume must repeat are everything that changes the result: ``num_poses``,
+``seed`` and the model's own settings, and for VPoser and the cNF also ``steps``,
+``batch_size`` and ``lr`` (the cosine learning-rate decay spans ``steps``). The GMM's EM has no
+schedule, so its ``steps`` may grow on resume to extend a run (never below the checkpoint's
+step). Counts, steps and rates that would not train (0, negative, NaN) are refused before
+anything is written, and a run holds ``OUT.lock`` (:func:`fitkit.train.output_lock`) so that a
+second trainer on the same output is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +33,14 @@ from fitkit.priors.cnf import CNFPrior, body_pose_to_6d
 from fitkit.priors.gmm import GMMPrior, em_step, init_gmm
 from fitkit.priors.vposer import VPoserPrior, VPoserV2
 from fitkit.synth.poses import sample_body_pose
-from fitkit.train import Command, register_command, settings_mismatch
+from fitkit.train import (
+    Command,
+    check_non_negative,
+    check_positive,
+    output_lock,
+    register_command,
+    settings_mismatch,
+)
 
 
 def resume_path(out: Path) -> Path:
@@ -33,25 +48,41 @@ def resume_path(out: Path) -> Path:
     return out.with_name(out.name + ".resume.pt")
 
 
-def _load_resume(out: Path, kind: str, resume: bool, settings: dict[str, Any]
-                 ) -> dict[str, Any] | None:
+def _load_resume(out: Path, kind: str, resume: bool, settings: dict[str, Any], steps: int,
+                 fields: tuple[str, ...]) -> dict[str, Any] | None:
     """The resume state of ``out`` when asked for and present, else ``None``.
 
+    Args:
+        fields: what the state must hold besides ``kind`` and ``step``.
     Raises:
-        ValueError: the checkpoint is of another kind or was made with other ``settings``
-            (resume checkpoints of earlier fitkit versions hold none and are not checked).
+        ValueError: an unreadable checkpoint, one of another kind or without ``fields``, one
+            made with other ``settings`` (resume checkpoints of earlier fitkit versions hold
+            none and are not checked), or one past ``steps``.
     """
     path = resume_path(out)
     if not resume or not path.is_file():
         if resume:
             tqdm.write(f"{path}: no resume checkpoint, starting from scratch")
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("kind") != kind:
-        raise ValueError(f"{path}: a {state.get('kind')!r} checkpoint, not {kind!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged file
+        reason = " ".join(str(error).split()[:20])
+        raise ValueError(f"{path}: not a readable resume checkpoint ({reason}); delete it to "
+                         "start over") from None
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        found = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: field 'kind': a {found!r} checkpoint, not {kind!r}")
+    missing = [field for field in ("step", *fields) if field not in state]
+    if missing:
+        raise ValueError(f"{path}: not a complete resume checkpoint (missing field(s) "
+                         f"{', '.join(missing)}); delete it to start over")
     mismatch = settings_mismatch(state.get("settings", settings), settings)
     if mismatch:
         raise ValueError(f"{path}: resume with the run's own settings ({'; '.join(mismatch)})")
+    if state["step"] > steps:
+        raise ValueError(f"{path}: the checkpoint is at step {state['step']}, past steps="
+                         f"{steps}; resume with at least {state['step']} steps")
     tqdm.write(f"{path}: resuming at step {state['step']}")
     return state
 
@@ -75,28 +106,41 @@ def train_gmm(out: Path, num_poses: int = 50_000, steps: int = 60, seed: int = 0
         num_components: mixture components (8 as SMPLify's).
         reg_covar: covariance regularization (rad^2).
         checkpoint_every: EM iterations between resume checkpoints.
+    Raises:
+        ValueError: a count that is not positive (or fewer poses than components), a
+            regularization that is negative or not finite, a resume that cannot continue.
+        RunError: another trainer writes ``out``.
     """
-    x = training_poses(num_poses, seed)
-    settings = {"num_poses": num_poses, "seed": seed, "num_components": num_components,
-                "reg_covar": reg_covar}
-    state = _load_resume(out, "gmm", resume, settings)
-    if state is None:
-        params = init_gmm(x, num_components, torch.Generator().manual_seed(seed))
-        start = 0
-    else:
-        params, start = (state["means"], state["covars"], state["weights"]), state["step"]
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="gmm EM")
-    for step in bar:
-        *new, log_lik = em_step(x, *params, reg_covar=reg_covar)
-        params = tuple(new)
-        bar.set_postfix(log_lik=f"{float(log_lik):.2f}")
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            write_torch(resume_path(out), {
-                "kind": "gmm", "step": step + 1, "settings": settings, "means": params[0],
-                "covars": params[1], "weights": params[2]})
-    prior = GMMPrior(*params)
-    prior.save_pickle(out)
-    resume_path(out).unlink(missing_ok=True)
+    check_positive(num_poses=num_poses, steps=steps, num_components=num_components,
+                   checkpoint_every=checkpoint_every)
+    check_non_negative(reg_covar=reg_covar)
+    if num_poses < num_components:
+        raise ValueError(f"num_poses ({num_poses}) must be at least num_components "
+                         f"({num_components})")
+    out = Path(out)
+    with output_lock(out):
+        settings = {"num_poses": num_poses, "seed": seed, "num_components": num_components,
+                    "reg_covar": reg_covar}
+        state = _load_resume(out, "gmm", resume, settings, steps,
+                             ("means", "covars", "weights"))
+        x = training_poses(num_poses, seed)
+        if state is None:
+            params = init_gmm(x, num_components, torch.Generator().manual_seed(seed))
+            start = 0
+        else:
+            params, start = (state["means"], state["covars"], state["weights"]), state["step"]
+        bar = tqdm(range(start, steps), initial=start, total=steps, desc="gmm EM")
+        for step in bar:
+            *new, log_lik = em_step(x, *params, reg_covar=reg_covar)
+            params = tuple(new)
+            bar.set_postfix(log_lik=f"{float(log_lik):.2f}")
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                write_torch(resume_path(out), {
+                    "kind": "gmm", "step": step + 1, "settings": settings, "means": params[0],
+                    "covars": params[1], "weights": params[2]})
+        prior = GMMPrior(*params)
+        prior.save_pickle(out)
+        resume_path(out).unlink(missing_ok=True)
     return prior
 
 
@@ -136,7 +180,8 @@ def _train_network(kind: str, out: Path, module: torch.nn.Module, loss_fn: Any, 
                 "lr": lr, **settings}
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_schedule(steps))
-    state = _load_resume(out, kind, resume, settings)
+    state = _load_resume(out, kind, resume, settings, steps,
+                         ("model", "optimizer", "scheduler", "rng"))
     start = 0
     if state is not None:
         module.load_state_dict(state["model"])
@@ -175,15 +220,25 @@ def train_vposer(out: Path, num_poses: int = 100_000, steps: int = 4000, seed: i
         batch_size, lr: Adam settings (cosine decay to 5%).
         kl_weight: weight of the KL term.
         checkpoint_every: steps between resume checkpoints.
+    Raises:
+        ValueError: a count, step number or rate that is not positive and finite, a negative
+            ``kl_weight``, a resume that cannot continue.
+        RunError: another trainer writes ``out``.
     """
-    torch.manual_seed(seed)
-    model = VPoserV2()
-    x = training_poses(num_poses, seed).float()
-    _train_network("vposer", out, model, lambda b: vposer_loss(model, b, kl_weight), x, steps,
-                   seed, resume, batch_size, lr, checkpoint_every, {"kl_weight": kl_weight})
-    prior = VPoserPrior(model)
-    prior.save_folder(out, name="vposer")
-    resume_path(out).unlink(missing_ok=True)
+    check_positive(num_poses=num_poses, steps=steps, batch_size=batch_size, lr=lr,
+                   checkpoint_every=checkpoint_every)
+    check_non_negative(kl_weight=kl_weight)
+    out = Path(out)
+    with output_lock(out):
+        torch.manual_seed(seed)
+        model = VPoserV2()
+        x = training_poses(num_poses, seed).float()
+        _train_network("vposer", out, model, lambda b: vposer_loss(model, b, kl_weight), x,
+                       steps, seed, resume, batch_size, lr, checkpoint_every,
+                       {"kl_weight": kl_weight})
+        prior = VPoserPrior(model)
+        prior.save_folder(out, name="vposer")
+        resume_path(out).unlink(missing_ok=True)
     return prior
 
 
@@ -214,22 +269,32 @@ def train_cnf(out: Path, num_poses: int = 100_000, steps: int = 4000, seed: int 
         num_layers, hidden, num_blocks: flow size.
         noise: std of the training noise on the 6D poses.
         checkpoint_every: steps between resume checkpoints.
+    Raises:
+        ValueError: a count, size, step number or rate that is not positive and finite, a
+            negative ``noise``, a resume that cannot continue.
+        RunError: another trainer writes ``out``.
     """
-    torch.manual_seed(seed)
-    prior = CNFPrior(num_layers=num_layers, hidden=hidden, num_blocks=num_blocks)
-    x = training_poses(num_poses, seed).float()
-    prior.flow.initialize(body_pose_to_6d(x[:4096]))
-    _train_network("cnf", out, prior, lambda b: cnf_loss(prior, b, noise), x, steps, seed,
-                   resume, batch_size, lr, checkpoint_every,
-                   {"num_layers": num_layers, "hidden": hidden, "num_blocks": num_blocks,
-                    "noise": noise})
-    with torch.no_grad():
-        offset = float(-prior.log_prob(x[:10_000]).mean())
-    trained = CNFPrior(num_layers=num_layers, hidden=hidden, num_blocks=num_blocks,
-                       energy_offset=offset)
-    trained.load_state_dict(prior.state_dict())
-    trained.save_folder(out)
-    resume_path(out).unlink(missing_ok=True)
+    check_positive(num_poses=num_poses, steps=steps, batch_size=batch_size, lr=lr,
+                   num_layers=num_layers, hidden=hidden, num_blocks=num_blocks,
+                   checkpoint_every=checkpoint_every)
+    check_non_negative(noise=noise)
+    out = Path(out)
+    with output_lock(out):
+        torch.manual_seed(seed)
+        prior = CNFPrior(num_layers=num_layers, hidden=hidden, num_blocks=num_blocks)
+        x = training_poses(num_poses, seed).float()
+        prior.flow.initialize(body_pose_to_6d(x[:4096]))
+        _train_network("cnf", out, prior, lambda b: cnf_loss(prior, b, noise), x, steps, seed,
+                       resume, batch_size, lr, checkpoint_every,
+                       {"num_layers": num_layers, "hidden": hidden, "num_blocks": num_blocks,
+                        "noise": noise})
+        with torch.no_grad():
+            offset = float(-prior.log_prob(x[:10_000]).mean())
+        trained = CNFPrior(num_layers=num_layers, hidden=hidden, num_blocks=num_blocks,
+                           energy_offset=offset)
+        trained.load_state_dict(prior.state_dict())
+        trained.save_folder(out)
+        resume_path(out).unlink(missing_ok=True)
     return trained
 
 
