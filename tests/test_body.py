@@ -341,6 +341,9 @@ def test_bad_files_name_the_file_and_the_key(tmp_path):
         arrays = {**smpl_arrays(), key: value}
         with pytest.raises(BodyFileError, match=f"bad_{key}.npz: key '{key}'"):
             load_body(write_npz(tmp_path / f"bad_{key}.npz", arrays))
+    arrays = {**smpl_arrays(), "J_regressor": np.zeros((24, NUM_VERTICES))}
+    with pytest.raises(BodyFileError, match="zero_joints.npz: key 'J_regressor': row 0 sums to 0"):
+        load_body(write_npz(tmp_path / "zero_joints.npz", arrays))  # would report MPJPE 0
     arrays = smpl_arrays()
     del arrays["marker_ids"]
     with pytest.raises(BodyFileError, match="key 'marker_ids': missing"):

@@ -225,6 +225,11 @@ class BodyData:
             )
         posedirs = read.float("posedirs", (num_vertices, 3, NUM_POSE_BASIS))
         j_regressor = read.float("J_regressor", (NUM_JOINTS, num_vertices))
+        empty = np.flatnonzero(~(np.abs(j_regressor.sum(axis=1) - 1.0) < 0.1))
+        if len(empty):  # each joint is a weighted mean of vertices: its row sums to 1
+            raise read.error("J_regressor", f"row {int(empty[0])} sums to "
+                             f"{j_regressor[empty[0]].sum():.4g}, not 1 (rows {empty[:5].tolist()}"
+                             "...); each joint must be a weighted mean of vertices")
         weights = read.float("weights", (num_vertices, NUM_JOINTS))
         if not np.allclose(weights.sum(axis=1), 1.0, atol=1e-3):
             raise read.error("weights", "skinning weights must sum to 1 for every vertex")
