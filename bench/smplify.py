@@ -15,7 +15,7 @@ far (it only grows).
 
 Every fit runs twice in the same process, alternating: with fitkit's sparse evaluation (the body
 evaluated only where the data terms read it, ``SMPLify(evaluation="sparse")``) and with the
-reference path (every vertex through ``smplx``, ``evaluation="smplx"``, the path before sparse
+reference path (every vertex through ``smplx``, ``evaluation="full"``, the path before sparse
 evaluation). The table gives both times, their ratio, and the largest relative difference of the
 samples' final energies (sparse evaluation must not change the fit).
 """
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"preset {args.preset}, {len(config.stages)} stages x {args.iterations} iterations, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     header = ("device", "term", "prior", "B", "build ms", "ms/fit", "ms/iter", "ms/(iter*B)",
-              "smplx ms/fit", "speed-up", "max rel. energy diff", "peak MB")
+              "full ms/fit", "speed-up", "max rel. energy diff", "peak MB")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for device in devices:
@@ -133,7 +133,7 @@ def main() -> None:
         for term_name, prior_name in itertools.product(args.terms, args.priors):
             prior = load(prior_name)
             fitters = {mode: SMPLify(body, prior, config, evaluation=mode)
-                       for mode in ("sparse", "smplx")}
+                       for mode in ("sparse", "full")}
             for batch in args.batch_sizes:
                 camera = config.camera(args.size, args.size, batch, device=device)
                 keypoints, truth, init = make_batch(body, camera, seed=batch)
@@ -149,8 +149,8 @@ def main() -> None:
                 results = {mode: fitter.fit(term, camera, init=init)
                            for mode, fitter in fitters.items()}
                 ms = 1000.0 * results["sparse"].timings["total"]
-                reference = 1000.0 * results["smplx"].timings["total"]
-                energy = results["smplx"].energy
+                reference = 1000.0 * results["full"].timings["total"]
+                energy = results["full"].energy
                 change = float(((results["sparse"].energy - energy).abs()
                                 / energy.abs().clamp(min=1e-9)).max())
                 row = (device.type, term_name, prior_name, str(batch), f"{build_ms:.0f}",

@@ -176,7 +176,8 @@ class BodyModel(nn.Module):
         transl: Tensor | None = None,
         vertex_ids: Tensor | None = None,
     ) -> BodyOutput:
-        """Pose and shape the body (:mod:`fitkit.body.skinning`).
+        """Pose and shape the body: every vertex through ``smplx``, or with ``vertex_ids`` only
+        those (and the joints) through :mod:`fitkit.body.skinning`.
 
         Args:
             global_orient: ``(B, 3)`` axis-angle of the root.
@@ -194,25 +195,14 @@ class BodyModel(nn.Module):
             ValueError: an input of the wrong shape, or inputs that disagree on B.
         """
         params = self._params(global_orient, body_pose, betas, transl)
+        if vertex_ids is None:  # the whole mesh: smplx's batched path is the faster one here
+            output = self.smpl(**params)
+            return BodyOutput(output.vertices, output.joints[:, :NUM_JOINTS], self.selector)
         joints, vertices = self.skinning(**params, vertex_ids=vertex_ids)
-        position = None
-        if vertex_ids is not None:
-            position = torch.full((self.num_vertices,), len(vertex_ids), dtype=torch.long,
-                                  device=vertex_ids.device)
-            position[vertex_ids] = torch.arange(len(vertex_ids), device=vertex_ids.device)
+        position = torch.full((self.num_vertices,), len(vertex_ids), dtype=torch.long,
+                              device=vertex_ids.device)
+        position[vertex_ids] = torch.arange(len(vertex_ids), device=vertex_ids.device)
         return BodyOutput(vertices, joints, self.selector, vertex_ids, position)
-
-    def smplx_forward(
-        self,
-        global_orient: Tensor | None = None,
-        body_pose: Tensor | None = None,
-        betas: Tensor | None = None,
-        transl: Tensor | None = None,
-    ) -> BodyOutput:
-        """The same bodies through ``smplx.SMPL`` (every vertex, smplx's kinematic chain): the
-        reference :meth:`forward` is tested and benchmarked against."""
-        output = self.smpl(**self._params(global_orient, body_pose, betas, transl))
-        return BodyOutput(output.vertices, output.joints[:, :NUM_JOINTS], self.selector)
 
     def _params(self, global_orient: Tensor | None, body_pose: Tensor | None,
                 betas: Tensor | None, transl: Tensor | None) -> dict[str, Tensor]:

@@ -65,6 +65,11 @@ class Skinning(nn.Module):
             "jv,vcs->jcs", regressor, shapedirs.double()).to(v_template.dtype))
         self.parents = tuple(parents)
         self.levels = tree_levels(self.parents)
+        order = [0] + [joint for joints, _ in self.levels for joint in joints]
+        row = {joint: position for position, joint in enumerate(order)}
+        self._level_rows = [(joints, parents, [row[parent] for parent in parents])
+                            for joints, parents in self.levels]
+        self._joint_rows = [row[joint] for joint in range(len(self.parents))]
 
     @property
     def num_vertices(self) -> int:
@@ -107,20 +112,21 @@ class Skinning(nn.Module):
         return joints, vertices + transl[:, None]
 
     def _chain(self, rotations: Tensor, rest_joints: Tensor) -> tuple[Tensor, Tensor]:
-        """World rotations ``(B, J, 3, 3)`` and posed joints ``(B, J, 3)`` (no translation)."""
-        world_rotation: list[Tensor | None] = [None] * len(self.parents)
-        world_joint: list[Tensor | None] = [None] * len(self.parents)
-        world_rotation[0], world_joint[0] = rotations[:, 0], rest_joints[:, 0]
-        for joints, parents in self.levels:
-            parent_rotation = torch.stack([world_rotation[p] for p in parents], dim=1)
-            parent_joint = torch.stack([world_joint[p] for p in parents], dim=1)
+        """World rotations ``(B, J, 3, 3)`` and posed joints ``(B, J, 3)`` (no translation).
+
+        The joints are kept in level order (root, then each level of the tree), so each level
+        finds its parents with one index into what the levels above have made: a few tensor
+        operations per level, none per joint.
+        """
+        rotation, joint = rotations[:, :1], rest_joints[:, :1]  # level order
+        for joints, parents, parent_rows in self._level_rows:
+            parent_rotation, parent_joint = rotation[:, parent_rows], joint[:, parent_rows]
             bone = rest_joints[:, joints] - rest_joints[:, parents]  # (B, L, 3)
-            rotation = (parent_rotation[..., :, :, None] * rotations[:, joints, None]).sum(-2)
-            joint = parent_joint + _apply(parent_rotation, bone)
-            for index, joint_id in enumerate(joints):
-                world_rotation[joint_id] = rotation[:, index]
-                world_joint[joint_id] = joint[:, index]
-        return torch.stack(world_rotation, dim=1), torch.stack(world_joint, dim=1)
+            level_rotation = (parent_rotation[..., :, :, None]
+                              * rotations[:, joints, None]).sum(-2)
+            rotation = torch.cat([rotation, level_rotation], dim=1)
+            joint = torch.cat([joint, parent_joint + _apply(parent_rotation, bone)], dim=1)
+        return rotation[:, self._joint_rows], joint[:, self._joint_rows]
 
 
 def _apply(rotation: Tensor, points: Tensor) -> Tensor:

@@ -174,13 +174,16 @@ class SMPLify:
         config: a :class:`FitConfig` or a preset name (``"spin"``, ``"refine"``).
         evaluation: how the body is evaluated inside the iteration loop: ``"sparse"`` (default:
             the joints and only the vertices the data terms declare,
-            :meth:`fitkit.terms.DataTerm.body_vertices`), ``"full"`` (every vertex), or
-            ``"smplx"`` (every vertex through ``smplx``, the reference the benchmarks compare
-            with). The returned mesh is always complete; the three give the same fit up to
-            float rounding.
+            :meth:`fitkit.terms.DataTerm.body_vertices`, when they are at most
+            :attr:`SPARSE_FRACTION` of the mesh; else every vertex) or ``"full"`` (every vertex,
+            the reference the benchmarks compare with). The returned mesh is always complete;
+            both give the same fit up to float rounding.
     """
 
-    EVALUATIONS = ("sparse", "full", "smplx")
+    EVALUATIONS = ("sparse", "full")
+    SPARSE_FRACTION = 0.25
+    """Above this share of the vertices (dense terms over a batch see most of the body), the
+    batched full evaluation is faster than the sparse one on the CPU (bench/smplify.py)."""
 
     def __init__(
         self, body: BodyModel, prior: PosePrior | None = None, config: FitConfig | str = "spin",
@@ -387,14 +390,14 @@ class SMPLify:
     def _evaluator(self, terms: dict[str, DataTerm]) -> Callable[..., BodyOutput]:
         """The body evaluation of the iteration loop (``evaluation``): for ``"sparse"``, the
         union of the vertices the terms read (all when one of them needs all)."""
-        if self.evaluation == "smplx":
-            return self.body.smplx_forward
         if self.evaluation == "full":
             return self.body
         needed = [term.body_vertices(self.body) for term in terms.values()]
         if any(ids is None for ids in needed):
             return self.body
         ids = torch.unique(torch.cat([ids.to(self.body.device) for ids in needed]))
+        if len(ids) > self.SPARSE_FRACTION * self.body.num_vertices:
+            return self.body
         return functools.partial(self.body, vertex_ids=ids)
 
     @staticmethod
