@@ -588,26 +588,26 @@ def run_command(prog: str, command: Callable[[], int], interrupted: str = "") ->
         return code
 
 
-def positive_int(text: str) -> int:
-    """``argparse`` type of a count: an integer > 0."""
+def _whole_number(text: str, minimum: int) -> int:
+    """``text`` as an integer >= ``minimum``, or an ``argparse`` error saying why not."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        message = f"expected an integer >= {minimum}, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type of a count: an integer > 0."""
+    return _whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """``argparse`` type of a count that may be 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 def positive_float(text: str) -> float:
