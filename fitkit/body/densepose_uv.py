@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from fitkit.body.loaders import BodyFileError
 from fitkit.io.safe_pickle import error_summary
@@ -135,6 +134,8 @@ def read_uv_processed(
             array, arrays of the wrong shape or sizes that disagree, indices out of range, or a
             DensePose vertex in triangles of two parts.
     """
+    import scipy.io  # here, not at the top: importing scipy.io takes ~0.1 s
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (DensePose's UV_Processed.mat)")

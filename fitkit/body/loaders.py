@@ -11,13 +11,13 @@ and the key, a missing one ``FileNotFoundError`` naming the path, a pickle that 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 from smplx.vertex_ids import vertex_ids as SMPLX_VERTEX_IDS
 
 from fitkit.body.keypoints import OPENPOSE_VERTEX_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
@@ -117,6 +117,13 @@ def _plain(value: Any) -> Any:
 
 def _array(value: Any) -> np.ndarray:
     return np.asarray(_plain(value))
+
+
+def _is_scipy_sparse(value: Any) -> bool:
+    """Whether ``value`` is a scipy sparse matrix or array, without importing scipy: if
+    ``scipy.sparse`` was never imported, no such object exists."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(value)
 
 
 def read_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
@@ -302,7 +309,7 @@ class _Reader:
         if key not in self.arrays:
             raise self.error(key, "missing")
         value = self.arrays[key]
-        if scipy.sparse.issparse(value):
+        if _is_scipy_sparse(value):
             value = value.toarray()
         try:
             value = np.asarray(value)

@@ -19,9 +19,10 @@ Results equal smplx's to float rounding (``tests/test_skinning.py``).
 from __future__ import annotations
 
 import numpy as np
-import roma
 import torch
 from torch import Tensor, nn
+
+from fitkit.geometry.rotations import axis_angle_to_matrix
 
 
 def tree_levels(parents: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -88,7 +89,7 @@ class Skinning(nn.Module):
             ``joints`` ``(B, J, 3)`` and ``vertices`` ``(B, K, 3)`` (``K = V`` for all).
         """
         batch = betas.shape[0]
-        rotations = roma.rotvec_to_rotmat(
+        rotations = axis_angle_to_matrix(
             torch.cat([global_orient, body_pose], dim=-1).reshape(batch, -1, 3))  # (B, J, 3, 3)
         rest_joints = self.joint_template + torch.einsum("jcs,bs->bjc", self.joint_shapedirs,
                                                          betas)

@@ -1,12 +1,12 @@
 """Batched Procrustes alignment: the similarity (or rigid) transform that best maps one point set
-onto another in the least-squares sense (Umeyama), through ``roma.rigid_points_registration``.
+onto another in the least-squares sense (Umeyama), through ``roma.rigid_points_registration``
+(roma is imported on first use: importing it loads ``torch._dynamo``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import roma
 import torch
 from torch import Tensor
 
@@ -56,6 +56,8 @@ def procrustes_align(
     Returns:
         the transform and the aligned source, see :class:`ProcrustesAlignment`.
     """
+    import roma
+
     if weights is not None:
         weights = weights.to(source.dtype)
     if scale:

@@ -10,13 +10,17 @@ Three representations are used in fitkit:
   (``x.view(-1, 3, 2)``, Gram-Schmidt on the columns); the layouts of ProHMR and PyTorch3D differ
   and are converted where their files are loaded.
 
+Quaternions are ``(..., 4)`` in roma's ``(x, y, z, w)`` order.
+
 All functions accept any leading batch dimensions, keep the input's device and dtype and are
-differentiable.
+differentiable. ``roma`` is imported on first use, not with this module: importing it loads
+``torch._dynamo`` (about a second), which ``import fitkit`` should not pay.
 """
 
 from __future__ import annotations
 
-import roma
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -29,6 +33,8 @@ def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
     Returns:
         ``(..., 3, 3)`` rotation matrices.
     """
+    import roma
+
     return roma.rotvec_to_rotmat(axis_angle)
 
 
@@ -40,6 +46,8 @@ def matrix_to_axis_angle(matrix: Tensor) -> Tensor:
     Returns:
         ``(..., 3)`` rotation vectors with angles in ``[0, pi]``.
     """
+    import roma
+
     return roma.rotmat_to_rotvec(matrix)
 
 
@@ -55,6 +63,8 @@ def rot6d_to_matrix(rot6d: Tensor) -> Tensor:
     Returns:
         ``(..., 3, 3)`` rotation matrices.
     """
+    import roma
+
     return roma.special_gramschmidt(rot6d.unflatten(-1, (3, 2)))
 
 
@@ -91,6 +101,71 @@ def rot6d_to_axis_angle(rot6d: Tensor) -> Tensor:
     return matrix_to_axis_angle(rot6d_to_matrix(rot6d))
 
 
+def compose_axis_angle(rotations: Sequence[Tensor]) -> Tensor:
+    """The composition ``R_1 R_2 ... R_n`` of axis-angle rotations (the last is applied first).
+
+    Args:
+        rotations: n ``(..., 3)`` rotation vectors (broadcastable).
+    Returns:
+        ``(..., 3)`` rotation vector of the product.
+    """
+    import roma
+
+    return roma.rotvec_composition(rotations)
+
+
+def axis_angle_to_quaternion(axis_angle: Tensor) -> Tensor:
+    """Unit quaternions from axis-angle vectors.
+
+    Args:
+        axis_angle: ``(..., 3)`` rotation vectors.
+    Returns:
+        ``(..., 4)`` unit quaternions ``(x, y, z, w)``.
+    """
+    import roma
+
+    return roma.rotvec_to_unitquat(axis_angle)
+
+
+def quaternion_to_axis_angle(quaternion: Tensor) -> Tensor:
+    """Axis-angle vectors from unit quaternions (the shortest arc: angles in ``[0, pi]``).
+
+    Args:
+        quaternion: ``(..., 4)`` unit quaternions ``(x, y, z, w)``; not normalised here.
+    Returns:
+        ``(..., 3)`` rotation vectors.
+    """
+    import roma
+
+    return roma.unitquat_to_rotvec(quaternion)
+
+
+def quaternion_product(first: Tensor, second: Tensor) -> Tensor:
+    """The Hamilton product ``first * second`` (the rotation ``second`` applied first).
+
+    Args:
+        first, second: ``(..., 4)`` quaternions ``(x, y, z, w)`` (broadcastable).
+    Returns:
+        ``(..., 4)`` quaternions ``(x, y, z, w)``.
+    """
+    import roma
+
+    return roma.quat_product(first, second)
+
+
+def quaternion_conjugate(quaternion: Tensor) -> Tensor:
+    """The conjugate ``(-x, -y, -z, w)`` (the inverse rotation for a unit quaternion).
+
+    Args:
+        quaternion: ``(..., 4)`` quaternions ``(x, y, z, w)``.
+    Returns:
+        ``(..., 4)`` quaternions.
+    """
+    import roma
+
+    return roma.quat_conjugation(quaternion)
+
+
 def average_rotations(matrices: Tensor, weights: Tensor | None = None) -> Tensor:
     """Weighted chordal mean of rotations.
 
@@ -111,4 +186,6 @@ def average_rotations(matrices: Tensor, weights: Tensor | None = None) -> Tensor
     else:
         weights = weights / weights.sum(dim=-1, keepdim=True)
         mean = torch.einsum("...k,...kij->...ij", weights.to(matrices.dtype), matrices)
+    import roma
+
     return roma.special_procrustes(mean)

@@ -27,13 +27,15 @@ import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse
 import torch
 
 from fitkit.io.npz import FileKeyError
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 
 class UnsafePickleError(FileKeyError):
@@ -68,6 +70,8 @@ class SparseMatrixState:
         Raises:
             KeyError, TypeError, ValueError: a missing attribute or inconsistent arrays.
         """
+        import scipy.sparse  # here, not at the top: importing scipy.sparse takes ~0.2 s
+
         state = getattr(self, "state", {})
         shape = tuple(int(n) for n in state.get("_shape", state.get("shape")))
         if self.sparse_format == "coo":

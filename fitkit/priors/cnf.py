@@ -20,11 +20,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-import roma
 import torch
 from torch import nn
 
-from fitkit.geometry.rotations import matrix_to_rot6d, rot6d_to_matrix
+from fitkit.geometry.rotations import (
+    axis_angle_to_matrix,
+    matrix_to_axis_angle,
+    matrix_to_rot6d,
+    rot6d_to_matrix,
+)
 from fitkit.io.npz import FileKeyError
 from fitkit.io.runs import atomic_write, write_torch
 from fitkit.io.safe_pickle import error_summary, safe_torch_load
@@ -198,14 +202,14 @@ class ConditionalFlow(nn.Module):
 
 def body_pose_to_6d(body_pose: torch.Tensor) -> torch.Tensor:
     """(B, 69) axis-angle -> (B, 138) 6D (fitkit layout)."""
-    rotmat = roma.rotvec_to_rotmat(body_pose.unflatten(-1, (NUM_BODY_JOINTS, 3)))
+    rotmat = axis_angle_to_matrix(body_pose.unflatten(-1, (NUM_BODY_JOINTS, 3)))
     return matrix_to_rot6d(rotmat).flatten(-2)
 
 
 def body_pose_from_6d(x: torch.Tensor) -> torch.Tensor:
     """(B, 138) 6D -> (B, 69) axis-angle through Gram–Schmidt."""
     rotmat = rot6d_to_matrix(x.unflatten(-1, (NUM_BODY_JOINTS, 6)))
-    return roma.rotmat_to_rotvec(rotmat).flatten(-2)
+    return matrix_to_axis_angle(rotmat).flatten(-2)
 
 
 class CNFPrior(LatentPosePrior):

@@ -15,12 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import roma
 import torch
 import yaml
 from torch import nn
 
-from fitkit.geometry.rotations import rot6d_to_matrix
+from fitkit.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rot6d_to_matrix
 from fitkit.io.npz import FileKeyError
 from fitkit.io.runs import atomic_write, write_torch
 from fitkit.io.safe_pickle import error_summary, safe_torch_load
@@ -150,7 +149,7 @@ class VPoserPrior(LatentPosePrior):
 
     def decode(self, latent: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim) -> (B, 69) axis-angle, hand joints zero."""
-        rotvec = roma.rotmat_to_rotvec(self.model.decode(latent)).flatten(-2)
+        rotvec = matrix_to_axis_angle(self.model.decode(latent)).flatten(-2)
         return torch.cat([rotvec, rotvec.new_zeros(rotvec.shape[0], 6)], dim=-1)
 
     def latent_energy(
@@ -162,7 +161,7 @@ class VPoserPrior(LatentPosePrior):
     def energy(self, body_pose: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``||mu||^2 + reconstruction_weight * ||decode(mu) - R||_F^2``: (B, 69) -> (B,)."""
         latent = self.encode(body_pose)
-        target = roma.rotvec_to_rotmat(body_pose[:, : NUM_VPOSER_JOINTS * 3].unflatten(-1, (-1, 3)))
+        target = axis_angle_to_matrix(body_pose[:, : NUM_VPOSER_JOINTS * 3].unflatten(-1, (-1, 3)))
         off_manifold = (self.model.decode(latent) - target).square().sum(dim=(1, 2, 3))
         return self.latent_energy(latent) + self.reconstruction_weight * off_manifold
 

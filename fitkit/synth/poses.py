@@ -27,8 +27,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import roma
 import torch
+
+from fitkit.geometry.rotations import (
+    axis_angle_to_quaternion,
+    compose_axis_angle,
+    quaternion_conjugate,
+    quaternion_product,
+    quaternion_to_axis_angle,
+)
 
 JOINT_NAMES: tuple[str, ...] = (
     "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
@@ -171,20 +178,20 @@ def body_pose_from_components(components: torch.Tensor) -> torch.Tensor:
     twist_mask = torch.nn.functional.one_hot(TWIST_AXES, 3).to(components)
     twist = components * twist_mask
     swing = components - twist
-    rotvec = roma.rotvec_composition([swing, twist])
+    rotvec = compose_axis_angle([swing, twist])
     return rotvec.flatten(-2)
 
 
 def components_from_body_pose(body_pose: torch.Tensor) -> torch.Tensor:
     """Swing/twist components (..., 23, 3) in radians from an axis-angle body pose (..., 69)."""
-    quat = roma.rotvec_to_unitquat(body_pose.unflatten(-1, (NUM_JOINTS, 3)))  # xyzw
+    quat = axis_angle_to_quaternion(body_pose.unflatten(-1, (NUM_JOINTS, 3)))  # xyzw
     quat = torch.where(quat[..., 3:] < 0, -quat, quat)
     axis = torch.nn.functional.one_hot(TWIST_AXES, 3).to(quat)
     along = (quat[..., :3] * axis).sum(-1, keepdim=True)
     twist_angle = 2.0 * torch.atan2(along, quat[..., 3:])
     twist_quat = torch.cat([axis * along, quat[..., 3:]], dim=-1)
     twist_quat = twist_quat / twist_quat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    swing = roma.unitquat_to_rotvec(roma.quat_product(quat, roma.quat_conjugation(twist_quat)))
+    swing = quaternion_to_axis_angle(quaternion_product(quat, quaternion_conjugate(twist_quat)))
     swing = swing * (1.0 - axis)
     return swing + axis * twist_angle
 

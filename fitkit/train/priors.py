@@ -24,10 +24,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import roma
 import torch
 from tqdm import tqdm
 
+from fitkit.geometry.rotations import axis_angle_to_matrix
 from fitkit.io.runs import seed_stream, write_torch
 from fitkit.priors.cnf import CNFPrior, body_pose_to_6d
 from fitkit.priors.gmm import GMMPrior, em_step, init_gmm
@@ -160,7 +160,7 @@ def vposer_loss(model: VPoserV2, body_pose: torch.Tensor, kl_weight: float = 5e-
     pose21 = body_pose[:, :63]
     posterior = model.encode(pose21)
     decoded = model.decode(posterior.rsample())
-    target = roma.rotvec_to_rotmat(pose21.unflatten(-1, (21, 3)))
+    target = axis_angle_to_matrix(pose21.unflatten(-1, (21, 3)))
     rec = (decoded - target).square().sum(dim=(1, 2, 3)).mean()
     prior = torch.distributions.Normal(torch.zeros_like(posterior.loc),
                                        torch.ones_like(posterior.scale))
