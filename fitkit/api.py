@@ -38,6 +38,7 @@ from fitkit.fitter import (
     STAGE_SETTINGS,
     Fitter,
     fit_config,
+    learned_solver,
     make_camera,
     resolve_device,
     resolve_prior,
@@ -59,6 +60,7 @@ from fitkit.io.inputs import (
 from fitkit.nets import FlowNet
 from fitkit.priors import PosePrior
 from fitkit.terms import term_class, term_keywords
+from fitkit.terms.keypoints import options_with_format
 
 __all__ = [
     "FIT_SETTINGS",
@@ -128,6 +130,9 @@ def fit(
     texture: str | Tensor | None = None,
     flow_rounds: int = 1,
     prior_context: Any = None,
+    keypoint_format: str | None = None,
+    refit_net: Any = "auto",
+    refit_iterations: int | None = None,
     **config: Any,
 ) -> FitResult:
     """Fit the body model to a batch of images.
@@ -145,7 +150,9 @@ def fit(
             ``"keypoints3d"``, or one registered from the user's own module with
             :func:`fitkit.terms.register_term`), or several as a list (their energies add up).
         prior: ``"gmm"``, ``"vposer"``, ``"cnf"``, a path, a :class:`PosePrior` or ``None``.
-        keypoints: for ``"keypoints"``: ``(B, 25, 3)`` array or tensor, or OpenPose JSON path(s).
+        keypoints: for ``"keypoints"``: ``(B, K, 3)`` array or tensor of a keypoint format
+            (OpenPose BODY_25, COCO-17, COCO-WholeBody, Halpe-26, H36M-17, MediaPipe Pose), or
+            JSON path(s) of OpenPose, mmpose or COCO results (docs/formats.md).
         iuv: for ``"densepose"``: ``(B, H, W, 3)`` uint8 ``(I, U, V)`` or ``*_IUV.png`` path(s).
         displacements: for ``"flow"``: ``(B, 2, H, W)`` pixel displacements from a render of
             the initial bodies to the image, or per-vertex targets (:func:`read_displacements`);
@@ -165,6 +172,14 @@ def fit(
             ablation), or ``None`` (none known).
         flow_rounds: predicted flow: rounds of predicting (from the latest fit) and fitting.
         prior_context: ``(B, C)`` conditioning of a conditional pose prior.
+        keypoint_format: the keypoints' format (``"coco17"``, ...; default: the one the files
+            name, else by the count K), short for ``term_options={"keypoints": {"format": ...}}``
+            (merged into the preset's keypoints options).
+        refit_net: for ``data_term="refit"`` (the ReFit learned optimizer on the images'
+            pixels, from ``init`` when given, else from its own guess; ``keypoints`` optional,
+            they place the crop and score the result, ``docs/refit.md``): ``"auto"`` (the
+            shipped open network), a checkpoint path or a :class:`~fitkit.nets.refit.ReFit`.
+        refit_iterations: for ``"refit"``: T, feedback-update steps (default the network's, 5).
         config: other data terms' inputs by their keywords (``keypoints3d=...``, a user
             term's own), ``preset`` (``"refine"`` default, ``"spin"``, or a :class:`FitConfig`) and
             overrides, e.g. ``iterations=50``, ``lr=0.02``, ``optimizer="lbfgs"``,
@@ -178,13 +193,19 @@ def fit(
         FitInputError: unknown data term, prior or setting, or a setting out of range; an input
             the data term needs is missing; wrong shapes; batch sizes that disagree (both
             named); an unreadable or oversized image, a bad DensePose file (named).
-        fitkit.io.OpenPoseError, fitkit.io.ParamsFileError: malformed files.
+        fitkit.io.openpose.KeypointFileError (OpenPose's: fitkit.io.OpenPoseError),
+            fitkit.io.ParamsFileError: malformed files.
     """
     start = time.perf_counter()
-    terms = term_names(data_term)
+    learned = learned_solver(data_term)
+    terms = (learned,) if learned else term_names(data_term)
+    if keypoint_format is not None:
+        config = _with_keypoint_format(config, keypoint_format, terms)
     settings = {key: value for key, value in config.items() if key not in _input_keywords()}
     fitter = cached_fitter(terms, prior, body, device, flow_net=flow_net,
-                           flow_rounds=flow_rounds, **settings)
+                           flow_rounds=flow_rounds, **settings,
+                           **({"refit_net": refit_net, "refit_iterations": refit_iterations}
+                              if learned else {}))
     given = {"keypoints": keypoints, "iuv": iuv, "displacements": displacements}
     given |= {key: value for key, value in config.items() if key in _input_keywords()}
     inputs: dict[str, Any] = {}
@@ -192,6 +213,8 @@ def fit(
         value = given.get(keyword)
         if value is None and name == "flow" and images is not None:
             inputs |= {"images": None, "texture": texture}  # predicted from the images
+        elif value is None and name in fitter.optional:
+            continue
         elif value is None:
             hint = " or images to predict them from" if name == "flow" else ""
             raise FitInputError(f"data_term={name!r} needs {keyword}=...{hint}")
@@ -202,6 +225,8 @@ def fit(
     if stray:
         raise FitInputError(f"{', '.join(stray)} given, but no data term of this fit reads it "
                             f"(data_term={list(terms)})")
+    if learned and images is not None:
+        inputs["images"] = None  # the learned optimizer reads the pixels
     if images is None:
         if camera is None:
             raise FitInputError("fit needs images (for their size) or a camera")
@@ -219,6 +244,25 @@ def fit(
     result = fitter(sizes, params, camera, **inputs)
     result.timings["setup"] = loaded
     return result
+
+
+def _with_keypoint_format(config: dict[str, Any], keypoint_format: str,
+                          terms: Sequence[str]) -> dict[str, Any]:
+    """``config`` with ``format`` in the keypoints term's options.
+
+    Raises:
+        FitInputError: an unknown format, or no keypoints term in ``terms``.
+    """
+    options = config.get("term_options")
+    if "keypoints" not in terms:
+        raise FitInputError(f"keypoint_format given, but data_term={list(terms)} has no "
+                            "keypoints term")
+    if options is not None and not isinstance(options, Mapping):
+        return config  # fit_config names the bad setting
+    try:
+        return {**config, "term_options": options_with_format(keypoint_format, options)}
+    except ValueError as error:
+        raise FitInputError(f"keypoint_format: {error}") from None
 
 
 def _input_keywords() -> set[str]:

@@ -27,6 +27,8 @@ from torch import Tensor
 
 from fitkit.body import BodyModel, BodyOutput, load_body
 from fitkit.fitting import FitBatch, FitResult, SMPLify, Solver, to_device
+from fitkit.fitting.multistart import MultiStart
+from fitkit.fitting.refit_solver import ReFitSolver
 from fitkit.fitting.settings import (
     FIT_SETTINGS,
     STAGE_SETTINGS,
@@ -61,6 +63,17 @@ __all__ = [
 PREDICTED_TERMS: tuple[str, ...] = ("flow",)
 """Data terms the fitter can predict from the images when their input is not given."""
 
+LEARNED_SOLVERS: tuple[str, ...] = ("refit",)
+"""``data_term`` names that select a learned optimizer reading the images (ReFit,
+:class:`~fitkit.fitting.refit_solver.ReFitSolver`) instead of data terms; keypoints, when given,
+place its crop and score its result."""
+
+
+def learned_solver(data_term: str | Sequence[str]) -> str | None:
+    """The learned optimizer ``data_term`` names (``"refit"`` or ``["refit"]``), else ``None``."""
+    names = [data_term] if isinstance(data_term, str) else list(data_term)
+    return names[0] if len(names) == 1 and names[0] in LEARNED_SOLVERS else None
+
 
 class Fitter:
     """Body model, pose prior, data terms, schedule and solver, ready to fit batches.
@@ -68,7 +81,8 @@ class Fitter:
     Args:
         data_term: a registered data term's name (``"keypoints"``, ``"densepose"``,
             ``"flow"``, ``"keypoints3d"``, a user's own), several as a list or a
-            comma-separated string (their energies add up).
+            comma-separated string (their energies add up); or ``"refit"``, the learned
+            optimizer (:data:`LEARNED_SOLVERS`: reads the images; keypoints optional).
         prior: ``"gmm"``, ``"vposer"``, ``"cnf"`` (fitkit's open defaults), a path of a prior
             file or folder, a :class:`PosePrior`, or ``None``.
         body: ``"open"``, a body model file or folder (:func:`fitkit.load_body`), or a
@@ -81,9 +95,13 @@ class Fitter:
         flow_rounds: for ``"flow"`` from images: predict and fit this many times, each round
             predicting from the previous round's fit (1: predict once, from the initial bodies).
         solver: the :class:`~fitkit.fitting.Solver`; default SMPLify over the body, the prior
-            and the schedule.
-        config: ``preset`` (name or :class:`FitConfig`, default ``"refine"``) and overrides
-            (:func:`fit_config`).
+            and the schedule (for ``data_term="refit"``: :class:`ReFitSolver`).
+        refit_net: for ``"refit"``: ``"auto"`` (the shipped open network), a checkpoint path
+            or a :class:`~fitkit.nets.refit.ReFit`.
+        refit_iterations: for ``"refit"``: T, feedback-update steps (default the network's).
+        config: ``preset`` (name or :class:`FitConfig`; default ``"refine"`` for samples with
+            an initial ``global_orient`` and ``"scratch"`` with several starts for the others,
+            :attr:`scratch_solver`) and overrides (:func:`fit_config`).
     Raises:
         FitInputError: unknown data term, prior, preset or setting.
     """
@@ -97,28 +115,57 @@ class Fitter:
         flow_net: str | os.PathLike | FlowNet = "auto",
         flow_rounds: int = 1,
         solver: Solver | None = None,
+        refit_net: Any = "auto",
+        refit_iterations: int | None = None,
         **config: Any,
     ) -> None:
         if flow_rounds < 1:
             raise FitInputError(f"flow_rounds must be at least 1, got {flow_rounds}")
-        self.terms = term_names(data_term)
-        self.config = fit_config(config.pop("preset", "refine"), **config)
+        self.learned = learned_solver(data_term)
+        self.terms = () if self.learned else term_names(data_term)
+        self.optional: tuple[str, ...] = ("keypoints",) if self.learned else ()
+        self.preset = config.pop("preset", None)
+        self.overrides = dict(config)
+        self.config = fit_config(self.preset or "refine", **config)
         self.device = resolve_device(device)
         if isinstance(body, BodyModel):
             self.body = body.to(self.device)
         else:
             self.body = load_body(body, device=self.device)
         self.prior = resolve_prior(prior)
+        if self.learned and solver is None:
+            try:
+                solver = ReFitSolver(self.body, refit_net, refit_iterations)
+            except (FileNotFoundError, CheckpointError, ValueError) as error:
+                raise FitInputError(f"refit_net: {error}") from None
         self.solver: Solver = solver or SMPLify(self.body, self.prior, self.config)
+        self._scratch: Solver | None = solver
         self.flow_net = flow_net
         self.flow_rounds = flow_rounds
         self._predictors: dict[str, FlowPredictor] = {}
 
     @property
+    def scratch_solver(self) -> Solver:
+        """The solver of samples without an initial ``global_orient`` (fits from scratch):
+        SMPLify with the ``"scratch"`` preset (or the preset given) from several global
+        orientations, starting at the prior's typical pose (:class:`MultiStart`); a solver given
+        to the fitter fits them itself.
+
+        Raises:
+            FitInputError: the overrides do not fit the scratch preset (e.g. a per-stage list of
+                another length).
+        """
+        if self._scratch is None:
+            config = fit_config(self.preset or "scratch", **self.overrides)
+            typical = self.prior.typical_pose()[0] if self.prior is not None else None
+            self._scratch = MultiStart(SMPLify(self.body, self.prior, config), body_pose=typical)
+        return self._scratch
+
+    @property
     def keywords(self) -> dict[str, str]:
         """``{term name: fit keyword}`` of the fitter's data terms."""
         keywords = term_keywords()
-        return {name: keywords[name] for name in self.terms}
+        return {name: keywords[name] for name in (*self.terms, *self.optional)}
 
     def predictor(self, texture: str | Tensor | None = None) -> FlowPredictor:
         """The displacement network behind ``"flow"`` from images (loaded on first use): the
@@ -241,11 +288,14 @@ class Fitter:
         predicted = [name for name, keyword in keywords.items() if name in PREDICTED_TERMS
                      and inputs.get(keyword) is None and images is not None]
         for name, keyword in keywords.items():
-            if name not in predicted and inputs.get(keyword) is None:
+            if name not in (*predicted, *self.optional) and inputs.get(keyword) is None:
                 raise FitInputError(f"data_term={name!r} needs {keyword}=...")
+        if self.learned and images is None:
+            raise FitInputError(f"data_term={self.learned!r} reads the images' pixels (images=...)")
         init = dict(init or {})
         observed = {keywords[name]: inputs[keywords[name]]
-                    for name in self.terms if name not in predicted}
+                    for name in self.keywords if name not in predicted
+                    and inputs.get(keywords[name]) is not None}
         self._check_batch(sizes, init, camera, observed)
         given = camera is not None
         if camera is None:
@@ -279,13 +329,14 @@ class Fitter:
         params = {key: torch.as_tensor(init[key]).to(**like) for key in PARAM_SIZES if key in init}
         keywords = self.keywords
         observations = {name: to_device(observed[keywords[name]], **like)
-                        for name in self.terms if keywords[name] in observed}
+                        for name in keywords if keywords[name] in observed}
         if prior_context is not None:
             prior_context = to_device(prior_context, **like)
         batch = FitBatch(observations, camera, params, images=images,
                          prior_context=prior_context)
-        if len(observations) == len(self.terms):
-            return self.solver.solve(batch)
+        if self.learned or len(observations) == len(self.terms):
+            solver = self.solver if "global_orient" in params else self.scratch_solver
+            return solver.solve(batch)
         return self._fit_predicted(batch, texture, usable)
 
     def _with_unfitted(self, result: FitResult | None, fitted: np.ndarray,
@@ -318,7 +369,8 @@ class Fitter:
 
         if result is None:
             return FitResult(params, vertices, joints, vertices.new_full((count,), torch.nan),
-                             {}, [], {"bad_input": ~keep}, {"total": 0.0}, errors)
+                             {}, [], {"bad_input": ~keep}, {"total": 0.0}, errors,
+                             faces=self.body.faces)
         for key, value in result.params.items():
             params[key] = scatter(value, params.get(key))
         fitted_errors = iter(result.errors)
@@ -336,6 +388,8 @@ class Fitter:
             timings=result.timings,
             errors=[next(fitted_errors) if ok else message
                     for ok, message in zip(fitted, errors, strict=True)],
+            faces=result.faces if result.faces is not None else self.body.faces,
+            measures={name: scatter(value) for name, value in result.measures.items()},
         )
 
     __call__ = fit

@@ -122,5 +122,5 @@ def test_config_overrides_apply_to_every_stage_or_per_stage() -> None:
     assert config.term_weights == {**preset("refine").term_weights, "keypoints": 2.0}
     with pytest.raises(FitInputError, match="one value per stage"):
         fit_config("refine", lr=[0.1, 0.2, 0.3])
-    with pytest.raises(FitInputError, match="unknown preset 'fast'.*refine, spin"):
+    with pytest.raises(FitInputError, match="unknown preset 'fast'.*refine, scratch, spin"):
         fit_config("fast")

@@ -146,7 +146,9 @@ def test_missing_inputs_are_zero_and_batch_comes_from_given_ones(tmp_path):
 def test_keypoint_sets_follow_smpl_and_openpose_conventions(tmp_path):
     arrays = smpl_arrays()
     body = load_body(write_npz(tmp_path / "body.npz", arrays))
-    assert body.keypoint_sets == ("smpl24", "openpose25", "markers", "vertices")
+    assert body.keypoint_sets == (
+        "smpl24", "openpose25", "coco17", "coco_wholebody", "halpe26", "h36m17", "mediapipe33",
+        "markers", "vertices")
     output = body(**random_params(2, torch.float32))
     openpose = output.keypoints("openpose25")
     assert openpose.shape == (2, 25, 3)
@@ -175,7 +177,7 @@ def test_keypoint_sets_follow_smpl_and_openpose_conventions(tmp_path):
     torch.testing.assert_close(markers, vertices[:, arrays["marker_ids"]])
     assert body.keypoint_names("markers") == MARKER_NAMES
     with pytest.raises(ValueError, match="unknown keypoint set"):
-        output.keypoints("coco17")
+        output.keypoints("coco18")
 
 
 def test_body_without_markers_or_vertex_ids_says_so(tmp_path):
@@ -183,7 +185,7 @@ def test_body_without_markers_or_vertex_ids_says_so(tmp_path):
     for key in ("marker_names", "marker_ids", "vertex_ids_names", "vertex_ids"):
         del arrays[key]
     body = load_body(write_npz(tmp_path / "plain.npz", arrays))
-    assert body.keypoint_sets == ("smpl24", "vertices")
+    assert body.keypoint_sets == ("smpl24", "h36m17", "vertices")  # H36M: joints only
     output = body()
     with pytest.raises(ValueError, match="plain.npz.*marker_names"):
         output.keypoints("markers")
@@ -365,7 +367,9 @@ def test_open_body_name_resolves_to_the_packaged_file():
 
 def test_open_body_loads_with_its_keypoint_sets():
     body = load_body()
-    assert body.keypoint_sets == ("smpl24", "openpose25", "markers", "vertices")
+    assert body.keypoint_sets == (
+        "smpl24", "openpose25", "coco17", "coco_wholebody", "halpe26", "h36m17", "mediapipe33",
+        "markers", "vertices")
     output = body(**random_params(2, torch.float32))
     assert output.keypoints("openpose25").shape == (2, 25, 3)
     assert output.vertices.shape == (2, body.num_vertices, 3)

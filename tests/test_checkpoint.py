@@ -107,7 +107,8 @@ def test_a_user_registered_kind_round_trips_and_is_kept_apart(tmp_path, line_kin
 def test_unregistered_kinds_and_foreign_files_raise_checkpoint_errors(tmp_path):
     good = torch.load(save_network(tmp_path / "good.pt", FlowNet(SMALL)), weights_only=True)
     cases = {
-        "refit.pt": ({**good, "kind": "refit"}, "field 'kind': unknown network kind 'refit'"),
+        "mystery.pt": ({**good, "kind": "mystery"},
+                       "field 'kind': unknown network kind 'mystery'"),
         "other.pt": ({"weights": torch.zeros(3)}, "not a fitkit network checkpoint"),
         "version.pt": ({**good, "version": 2}, "unsupported checkpoint version 2"),
         "extra.pt": ({**good, "optimizer": {}}, r"unknown fields \['optimizer'\]"),

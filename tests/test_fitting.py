@@ -372,7 +372,9 @@ def test_vposer_prior_fits_end_to_end_and_leaves_samples_without_data_as_they_we
     body_pose = result.params["body_pose"]
     assert body_pose.shape == (3, 69)
     assert (body_pose[:2, 63:] == 0).all()  # decoded by VPoser, which has no hand joints
-    assert result.ok.tolist() == [True, True, False]
+    # an untrained VPoser decodes implausible bodies: only the failure flags are asserted
+    assert result.flags["no_data"].tolist() == [False, False, True]
+    assert not (result.flags["nan"] | result.flags["diverged"]).any()
     torch.testing.assert_close(body_pose[2], init["body_pose"][2], rtol=0, atol=0)
 
 
@@ -441,7 +443,8 @@ def test_presets_fit_the_open_body_with_the_open_gmm(name, size, depth):
     result = fitter.fit(term, camera, init=init)
     start = SMPLify(body, load_prior("gmm"), config.with_stages(iterations=0))
     before = start.fit(term, camera, init=init)
-    assert result.ok.all()
+    # four iterations do not converge (a plausibility flag may be set): no failure flag
+    assert not any(result.flags[name].any() for name in ("nan", "diverged", "no_data"))
     assert (result.energy < before.energy).all()
     assert (result.params["transl"][:, 2] - depth).abs().max() < 0.25 * depth
 

@@ -161,7 +161,7 @@ def test_fit_hands_a_fit_batch_to_the_solver(dataset: Path) -> None:
 
     keypoints = KeypointsTerm.read(paths(dataset, "keypoints", "_keypoints.json"))
     iuv = DensePoseTerm.read(paths(dataset, "densepose", "_IUV.png"))
-    init = {key: gt[key] for key in ("betas", "focal_length", "camera_center")}
+    init = {key: gt[key] for key in ("betas", "global_orient", "focal_length", "camera_center")}
     result = fitter(np.full((NUM, 2), 128), init, keypoints=keypoints, iuv=iuv)
     batch, = solver.batches
     assert set(batch.observations) == {"keypoints", "densepose"} and batch.groups == ()

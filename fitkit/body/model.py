@@ -20,12 +20,14 @@ from smplx.utils import Struct
 from torch import Tensor, nn
 
 from fitkit.body.keypoints import (
-    KEYPOINT_SETS,
-    OPENPOSE25_NAMES,
+    FORMAT_ROWS,
+    FORMAT_VERTICES,
     OPENPOSE_VERTEX_NAMES,
     SMPL_PARENTS,
     SMPL_TO_OPENPOSE25,
     KeypointSelector,
+    body_keypoint_sets,
+    keypoint_set_names,
 )
 from fitkit.body.loaders import (
     NUM_BETAS,
@@ -76,10 +78,13 @@ class BodyOutput:
         return self.vertices.gather(1, ids[..., None].expand(-1, -1, 3))
 
     def keypoints(self, name: str) -> Tensor:
-        """Keypoints of set ``name``: ``smpl24``, ``openpose25``, ``markers`` or ``vertices``.
+        """Keypoints of set ``name``: ``smpl24``, ``openpose25``, a detector format's set
+        (``coco17``, ``coco_wholebody``, ``halpe26``, ``h36m17``, ``mediapipe33``), ``markers``
+        or ``vertices``.
 
         Returns:
-            ``(B, K, 3)`` with K = 24, 25 (BODY_25 order), M markers or V vertices.
+            ``(B, K, 3)`` with K = 24, 25 (BODY_25 order), the format's count in its order (NaN
+            rows for points the body cannot place), M markers or V vertices.
         Raises:
             ValueError: unknown set, or a set this body does not have.
         """
@@ -126,13 +131,11 @@ class BodyModel(nn.Module):
             openpose_ids = [data.vertex_ids[name] for name in OPENPOSE_VERTEX_NAMES]
         self.register_buffer("openpose_vertex_ids", _optional(openpose_ids, torch.long))
         self.register_buffer("openpose_map", torch.tensor(SMPL_TO_OPENPOSE25), persistent=False)
+        self.register_buffer("format_rows", torch.tensor(FORMAT_ROWS), persistent=False)
+        self.register_buffer("format_vertices", torch.tensor(FORMAT_VERTICES), persistent=False)
         self.register_buffer("marker_ids", _optional(data.marker_ids, torch.long))
-        self.keypoint_sets = tuple(
-            name
-            for name in KEYPOINT_SETS
-            if (name != "openpose25" or openpose_ids is not None)
-            and (name != "markers" or data.marker_ids is not None)
-        )
+        self.keypoint_sets = body_keypoint_sets(openpose_ids is not None,
+                                                data.marker_ids is not None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -150,11 +153,12 @@ class BodyModel(nn.Module):
         return None if self.vt is None else (self.vt, self.ft)
 
     def keypoint_names(self, name: str) -> tuple[str, ...]:
-        """Names of the keypoints of set ``name`` (``smpl24``, ``openpose25`` or ``markers``)."""
+        """Names of the keypoints of set ``name`` (``smpl24``, ``openpose25``, a detector
+        format's set such as ``coco17``, or ``markers``)."""
         if name == "smpl24":
             return self.joint_names
-        if name == "openpose25" and "openpose25" in self.keypoint_sets:
-            return OPENPOSE25_NAMES
+        if name in self.keypoint_sets and keypoint_set_names(name) is not None:
+            return keypoint_set_names(name)
         if name == "markers" and self.marker_names is not None:
             return self.marker_names
         raise ValueError(
@@ -166,7 +170,7 @@ class BodyModel(nn.Module):
     def selector(self) -> KeypointSelector:
         """The vertex-based keypoints of this body."""
         return KeypointSelector(self.openpose_vertex_ids, self.openpose_map, self.marker_ids,
-                                self.source)
+                                self.source, self.format_rows, self.format_vertices)
 
     def forward(
         self,

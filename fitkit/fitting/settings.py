@@ -36,7 +36,9 @@ def fit_config(preset_name: str | FitConfig = "refine", **overrides: Any) -> Fit
             applies to every stage, a list or tuple gives one value per stage; and
             :class:`FitConfig` fields (``focal_length``, ``term_weights``, ``term_options``,
             ``divergence_factor``); ``term_weights`` and ``term_options`` update the preset's
-            per-term entries rather than replace them all.
+            per-term entries rather than replace them all, and a term's options update the
+            preset's options of that term one by one (``term_options={"keypoints": {"format":
+            "coco17"}}`` keeps the preset's ``rho`` and ``crop_size``).
     Raises:
         FitInputError: unknown preset or setting, a per-stage list of the wrong length, or a
             value out of range (non-finite ``lr``, weights or ``iterations``, a negative weight,
@@ -79,7 +81,11 @@ def fit_config(preset_name: str | FitConfig = "refine", **overrides: Any) -> Fit
             if not isinstance(changes[key], Mapping):
                 raise FitInputError(f"{key} must be a dict by data-term name, got "
                                     f"{type(changes[key]).__name__}")
-            changes[key] = {**getattr(config, key), **changes[key]}
+            merged = dict(getattr(config, key))
+            for name, value in changes[key].items():  # term options merge option by option
+                both = key == "term_options" and isinstance(value, Mapping)
+                merged[name] = {**merged.get(name, {}), **value} if both else value
+            changes[key] = merged
     try:
         return dataclasses.replace(config, stages=tuple(stages), **changes)
     except ValueError as error:

@@ -35,6 +35,7 @@ from torch import Tensor
 from fitkit.body import BodyModel, BodyOutput
 from fitkit.body.model import PARAM_SIZES
 from fitkit.fitting.config import FitConfig, StageConfig, preset
+from fitkit.fitting.plausibility import measure_plausibility, plausibility_flags
 from fitkit.fitting.result import FitResult
 from fitkit.fitting.solver import FitBatch, build_terms
 from fitkit.geometry import Camera
@@ -251,6 +252,8 @@ class SMPLify:
         params["focal_length"] = camera.focal_length.detach().clone()
         params["camera_center"] = camera.principal_point.detach().clone()
         flags["no_data"] = no_data
+        measures = measure_plausibility(params["body_pose"], output, terms, camera)
+        flags |= plausibility_flags(measures)
         return FitResult(
             params=params,
             vertices=output.vertices,
@@ -260,6 +263,8 @@ class SMPLify:
             stages=stages,
             flags=flags,
             timings=timings,
+            faces=self.body.faces,
+            measures=measures,
         )
 
     __call__ = fit

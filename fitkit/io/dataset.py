@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fitkit.io.adapters import read_init_file
 from fitkit.io.inputs import image_sizes
-from fitkit.io.params import CAMERA_KEYS, ParamsFileError, read_params
+from fitkit.io.params import CAMERA_KEYS, ParamsFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
@@ -41,8 +42,9 @@ class Dataset:
 
     Attributes:
         root: the folder.
-        names: image name stems, in ``init.npz`` order.
-        init: initial parameters ``(N, ...)`` by key (with ``focal_length``, ``camera_center``).
+        names: image name stems, in ``init.npz`` order (without one: the images', sorted).
+        init: initial parameters ``(N, ...)`` by key (with ``focal_length``, ``camera_center``);
+            empty for a folder without ``init.npz`` (fits from scratch).
         gt: ground-truth parameters, or ``None``.
     """
 
@@ -91,14 +93,15 @@ def check_names(names: Sequence[str], source: str | os.PathLike) -> None:
 
 
 def read_dataset_params(path: Path) -> dict[str, np.ndarray]:
-    """A parameter file of a dataset; missing camera keys come from the images' size (when
-    they all have one).
+    """A parameter file of a dataset, in fitkit's layout or another tool's
+    (:func:`fitkit.io.adapters.read_init_file`; its rows must be named); missing camera keys
+    come from the images' size (when they all have one).
 
     Raises:
         FileNotFoundError, ParamsFileError: a missing or malformed file.
     """
     try:
-        arrays = read_params(path)
+        arrays = read_init_file(path)
     except ParamsFileError as error:
         if error.key not in CAMERA_KEYS:
             raise
@@ -109,9 +112,33 @@ def read_dataset_params(path: Path) -> dict[str, np.ndarray]:
         if not len(sizes) or not (sizes == sizes[0]).all():
             raise ParamsFileError(path, "focal_length",
                                   "missing, and the images differ in size") from None
-        arrays = read_params(path, image_size=sizes[0])
+        arrays = read_init_file(path, image_size=sizes[0])
     check_names(arrays["image_names"].tolist(), path)
     return arrays
+
+
+def image_names(root: Path) -> list[str]:
+    """The stems of the images in ``root/images`` (:data:`IMAGE_SUFFIXES`), sorted; each name
+    once.
+
+    Raises:
+        DatasetError: no ``images`` folder, or one stem with two suffixes (``a.png`` and
+            ``a.jpg``).
+        ParamsFileError: a stem that is not a plain name (:func:`check_names`).
+    """
+    folder = root / "images"
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} not found: the input folder needs images/ (and an "
+                           "init.npz of initial estimates, or none to fit from scratch)")
+    paths = sorted(path for path in folder.iterdir()
+                   if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    names = [path.stem for path in paths]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        both = ", ".join(path.name for path in paths if path.stem == twice[0])
+        raise DatasetError(f"{folder}: {twice[0]!r} has two images ({both}); keep one")
+    check_names(names, folder)
+    return names
 
 
 def open_dataset(root: str | os.PathLike, limit: int | None = None) -> Dataset:
@@ -120,24 +147,26 @@ def open_dataset(root: str | os.PathLike, limit: int | None = None) -> Dataset:
     Args:
         root: the folder; limit: keep the first ``limit`` rows of ``init.npz``.
     Raises:
-        DatasetError: no folder, no ``init.npz``, one without rows, malformed parameter files,
-            a ``gt.npz`` that lacks rows of ``init.npz``.
+        DatasetError: no folder, neither ``init.npz`` nor images, no rows, malformed parameter
+            files, a ``gt.npz`` that lacks rows of ``init.npz``.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"input folder not found: {root}")
     init_path = root / "init.npz"
-    if not init_path.is_file():
-        raise DatasetError(f"{init_path} not found: the input folder needs the initial "
-                           "estimates (docs/formats.md layout)")
     try:
-        init = read_dataset_params(init_path)
+        if init_path.is_file():
+            init = read_dataset_params(init_path)
+        else:  # fits from scratch: the rows are the images
+            init = {"image_names": np.array(image_names(root))}
         gt = read_dataset_params(root / "gt.npz") if (root / "gt.npz").is_file() else None
     except (FileNotFoundError, ValueError) as error:
         raise DatasetError(str(error)) from None
     names = init.pop("image_names").tolist()[:limit]
     if not names:
-        raise DatasetError(f"{init_path}: key 'image_names' has no rows: nothing to refine")
+        if init_path.is_file():
+            raise DatasetError(f"{init_path}: key 'image_names' has no rows: nothing to refine")
+        raise DatasetError(f"{root / 'images'}: no images and no init.npz: nothing to refine")
     init = {key: value[: len(names)] for key, value in init.items()}
     if gt is not None:
         gt_names = gt.pop("image_names").tolist()

@@ -27,8 +27,16 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from fitkit.io.openpose import NoPersonError, OpenPoseError, read_openpose
-from fitkit.io.params import CAMERA_KEYS, PARAM_SIZES, read_params
+from fitkit.io.adapters import convert_init, read_init_file
+from fitkit.io.keypoint_formats import (
+    KEYPOINT_FORMATS,
+    KeypointFile,
+    format_code,
+    formats_summary,
+    read_keypoint_file,
+)
+from fitkit.io.openpose import KeypointFileError, select_person
+from fitkit.io.params import CAMERA_KEYS, PARAM_SIZES
 
 ImageInput = str | os.PathLike | np.ndarray | Tensor | Sequence[str | os.PathLike]
 """Images: a path, a list of paths, or ``(H, W, 3)`` / ``(B, H, W, 3)`` arrays or tensors."""
@@ -245,30 +253,37 @@ def read_init(
     """Initial parameters as float32 arrays.
 
     Args:
-        init: a parameter ``.npz`` (``docs/formats.md``), a dict of arrays or tensors (any of
-            ``global_orient``, ``body_pose``, ``betas``, ``transl``, ``focal_length``,
-            ``camera_center``, ``image_names``), anything with such a ``params`` dict (a
-            :class:`fitkit.fitting.FitResult`), or ``None``.
-        sizes: ``(B, 2)`` image sizes, to fill missing camera keys of a file.
+        init: a parameter ``.npz`` in fitkit's layout (``docs/formats.md``) or in another
+            tool's (HMR 2.0 / 4DHumans, CameraHMR, NLF or generic ``pose, betas, transl, K``:
+            :mod:`fitkit.io.adapters`), a dict of arrays or tensors (any of ``global_orient``,
+            ``body_pose``, ``betas``, ``transl``, ``focal_length``, ``camera_center``,
+            ``image_names``; or another tool's output, nested dicts allowed), anything with
+            such a ``params`` dict (a :class:`fitkit.fitting.FitResult`), or ``None``.
+        sizes: ``(B, 2)`` image sizes, to fill missing camera keys of a file (and a missing
+            ``img_size`` of an HMR 2.0 output) when the images have one size.
         names: image name stems; when given and ``init`` has ``image_names`` holding all of
             them, the rows are picked by name; holding none of them, rows go by position.
     Returns:
-        The parameter arrays ``(N, ...)`` (``image_names`` dropped). Values are not checked
+        The parameter and camera arrays ``(N, ...)``; ``image_names`` and a file's other keys
+        (a results file's energies, flags and errors) are dropped. Values are not checked
         here: :meth:`fitkit.fitter.Fitter.fit` flags rows that cannot be fitted.
     Raises:
         FileNotFoundError: a missing file.
-        FitInputError, fitkit.io.ParamsFileError: malformed content; ``image_names`` that hold
-            some of ``names`` but not all (which rows belong to which image is then unknown).
+        FitInputError, fitkit.io.ParamsFileError: malformed content, a file of no known layout
+            (the layouts looked for named); ``image_names`` that hold some of ``names`` but not
+            all (which rows belong to which image is then unknown).
     """
     if init is None:
         return {}
     if hasattr(init, "params") and not isinstance(init, Mapping):
         init = init.params
+    size = None
+    if sizes is not None and len(sizes) and (sizes == sizes[0]).all():
+        size = sizes[0]
     if isinstance(init, str | os.PathLike):
-        size = None
-        if sizes is not None and len(sizes) and (sizes == sizes[0]).all():
-            size = sizes[0]
-        arrays = read_params(init, image_size=size)
+        arrays = read_init_file(init, image_size=size)
+    elif (converted := convert_init(init, "init", size)) is not None:
+        arrays = converted
     else:
         arrays = {}
         for key, value in init.items():
@@ -278,6 +293,7 @@ def read_init(
             if key not in PARAM_SIZES and key not in CAMERA_KEYS:
                 raise FitInputError(
                     f"init: unknown key {key!r}; expected {', '.join((*PARAM_SIZES, *CAMERA_KEYS))}"
+                    " (or another tool's output: fitkit.io.adapters)"
                 )
             value = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
             width = PARAM_SIZES.get(key, 2)
@@ -291,6 +307,8 @@ def read_init(
                 raise FitInputError(f"init: {key} must hold numbers, got dtype {value.dtype}")
             arrays[key] = value.astype(np.float32)
     stored = arrays.pop("image_names", None)
+    arrays = {key: value for key, value in arrays.items()
+              if key in PARAM_SIZES or key in CAMERA_KEYS}
     if names is not None and stored is not None:
         rows = {name: row for row, name in enumerate(stored.tolist())}
         missing = [name for name in names if name not in rows]
@@ -308,41 +326,71 @@ def read_init(
 
 def read_keypoints(
     keypoints: Any, errors: list[str] | None = None
-) -> np.ndarray:
-    """OpenPose BODY_25 keypoints as a ``(B, 25, 3)`` float32 array.
+) -> dict[str, np.ndarray]:
+    """2D keypoints of one of the formats of :mod:`fitkit.io.keypoint_formats` (OpenPose
+    BODY_25, COCO-17, COCO-WholeBody, Halpe-26, H36M-17, MediaPipe Pose).
 
     Args:
-        keypoints: ``(B, 25, 3)`` or ``(25, 3)`` array or tensor ``(u, v, confidence)``, or an
-            OpenPose JSON path or list of paths (the largest person of each file). A file that
-            lists nobody gives all-zero keypoints (the sample is flagged ``no_data``).
-        errors: per-sample error list (module docstring).
+        keypoints: ``(B, K, 3)`` or ``(K, 3)`` array or tensor ``(u, v, confidence)`` in pixels,
+            K the point count of a format; or a JSON path or list of paths (the largest person
+            of each file): OpenPose, mmpose (inferencer predictions or a demo's
+            ``meta_info``/``instance_info``) or COCO results, recognized by their structure. A
+            file that lists nobody gives all-zero keypoints (the sample is flagged ``no_data``).
+        errors: per-sample error list (module docstring); a bad file gives all-zero keypoints.
+    Returns:
+        ``keypoints`` ``(B, K, 3)`` float32 and ``keypoint_format`` ``(B,)`` int64, the format
+        each file names (:func:`fitkit.io.keypoint_formats.format_code`; 0 when it names none,
+        as for arrays: the count then decides). K is 0 when no file could be read and none
+        said its format.
     Raises:
         FileNotFoundError: a missing file (without ``errors``).
-        fitkit.io.OpenPoseError: a malformed file (without ``errors``).
-        FitInputError: an array of the wrong shape.
+        fitkit.io.openpose.KeypointFileError: a malformed file (without ``errors``; the file
+            and field named).
+        FitInputError: an array of the wrong shape; files of different counts or formats.
     """
     paths = as_paths(keypoints)
-    if paths is not None:
-        result = np.zeros((len(paths), 25, 3), dtype=np.float32)
-        for index, path in enumerate(paths):
-            try:
-                result[index] = read_openpose(path)
-            except NoPersonError:
-                continue
-            except (FileNotFoundError, OpenPoseError) as error:
-                record_error(errors, index, error)
-        return result
-    array = keypoints.detach().cpu().numpy() if isinstance(keypoints, Tensor) else np.asarray(
-        keypoints
-    )
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or array.shape[1:] != (25, 3) or array.dtype.kind not in "fiu":
-        raise FitInputError(
-            "keypoints must have shape (B, 25, 3) or (25, 3): (u, v, confidence) in OpenPose "
-            f"BODY_25 order; got {array.dtype} {tuple(np.shape(keypoints))}"
-        )
-    return array.astype(np.float32)
+    if paths is None:
+        array = (keypoints.detach().cpu().numpy() if isinstance(keypoints, Tensor)
+                 else np.asarray(keypoints))
+        if array.ndim == 2:
+            array = array[None]
+        counts = {fmt.count for fmt in KEYPOINT_FORMATS.values()}
+        if array.ndim != 3 or array.shape[-1] != 3 or array.shape[1] not in counts or (
+                array.dtype.kind not in "fiu"):
+            raise FitInputError(
+                "keypoints must have shape (B, 25, 3) (OpenPose BODY_25) or (B, K, 3) with K the "
+                f"points of another keypoint format ({formats_summary()}), or (K, 3): (u, v, "
+                f"confidence); got {array.dtype} {tuple(np.shape(keypoints))}"
+            )
+        return {"keypoints": array.astype(np.float32),
+                "keypoint_format": np.zeros(len(array), dtype=np.int64)}
+    files: list[KeypointFile | None] = []
+    for index, path in enumerate(paths):
+        file = None
+        try:
+            file = read_keypoint_file(path)
+        except (FileNotFoundError, KeypointFileError) as error:
+            record_error(errors, index, error)
+        files.append(file)
+    read = [(path, file) for path, file in zip(paths, files, strict=True) if file is not None]
+    for kind, value_of in (("keypoints per person", lambda file: file.people.shape[1]),
+                           ("format", lambda file: file.format)):
+        values = [(path, value_of(file)) for path, file in read if value_of(file)]
+        for path, value in values[1:]:
+            if value != values[0][1]:
+                raise FitInputError(
+                    f"{path}: {kind} {value!r}, but {values[0][0]} holds {values[0][1]!r}; the "
+                    "keypoint files of a batch hold one format")
+    count = next((file.people.shape[1] for _, file in read if file.people.shape[1]), 0)
+    result = np.zeros((len(paths), count, 3), dtype=np.float32)
+    codes = np.zeros(len(paths), dtype=np.int64)
+    for index, file in enumerate(files):
+        if file is None:
+            continue
+        codes[index] = format_code(file.format)
+        if len(file.people):
+            result[index] = file.people[select_person(file.people, source=paths[index])]
+    return {"keypoints": result, "keypoint_format": codes}
 
 
 def read_iuv(iuv: Any, errors: list[str] | None = None) -> np.ndarray:

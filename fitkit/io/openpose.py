@@ -14,6 +14,10 @@ Policies, chosen for fitting a dataset where one bad image must not stop the oth
   written files are strict JSON.
 - **Malformed content** (not JSON, no ``people`` list, a person without
   ``pose_keypoints_2d``, not 75 numbers): ``OpenPoseError`` naming the file and the field.
+
+Choosing a person (:func:`select_person`, :func:`person_boxes`) works on the people of any
+keypoint format, ``(P, K, 3)``; other detectors' files are read by
+:mod:`fitkit.io.keypoint_formats`, whose errors share the base :class:`KeypointFileError`.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ NUM_BODY25 = 25
 """Keypoints per person in OpenPose's BODY_25 layout."""
 
 
-class OpenPoseError(ValueError):
-    """A malformed OpenPose file.
+class KeypointFileError(ValueError):
+    """A malformed keypoint file (OpenPose's, or another detector's:
+    :mod:`fitkit.io.keypoint_formats`).
 
     Attributes:
         path: the file.
@@ -44,6 +49,10 @@ class OpenPoseError(ValueError):
         self.field = field
         where = f"{self.path}: field '{field}'" if field is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class OpenPoseError(KeypointFileError):
+    """A malformed OpenPose file, or a person that cannot be picked from a keypoint file."""
 
 
 class NoPersonError(OpenPoseError):
@@ -68,6 +77,21 @@ def read_openpose_people(path: str | os.PathLike) -> np.ndarray:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise OpenPoseError(path, None, f"not a JSON file ({error})") from error
+    return openpose_people(content, path)
+
+
+def openpose_people(content: Any, path: str | os.PathLike) -> np.ndarray:
+    """All people of the parsed content of an OpenPose JSON file.
+
+    Args:
+        content: what ``json.loads`` returned for the file.
+        path: the file, for messages.
+    Returns:
+        ``(P, 25, 3)`` float32 ``(u, v, confidence)`` per person; P may be 0.
+    Raises:
+        OpenPoseError: malformed content (the message names the file and the field).
+    """
+    path = Path(path)
     if not isinstance(content, dict) or "people" not in content:
         raise OpenPoseError(path, "people", "missing (not an OpenPose keypoint file)")
     people = content["people"]
@@ -112,7 +136,7 @@ def person_boxes(people: np.ndarray, min_confidence: float = 0.1) -> np.ndarray:
     """Bounding boxes of each person's confident keypoints.
 
     Args:
-        people: ``(P, 25, 3)`` keypoints.
+        people: ``(P, K, 3)`` keypoints (any format).
         min_confidence: keypoints at or below it are ignored.
     Returns:
         ``(P, 4)`` ``(x0, y0, x1, y1)``; all zero for a person without confident keypoints.
@@ -139,7 +163,7 @@ def select_person(
     box with ``box``), else the largest person (longest diagonal of that box; the first on ties).
 
     Args:
-        people: ``(P, 25, 3)`` keypoints.
+        people: ``(P, K, 3)`` keypoints (any format).
         person, box: see above; not both.
         min_confidence: keypoints at or below it do not count for boxes.
         source: the file, for error messages.

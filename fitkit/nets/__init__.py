@@ -2,13 +2,15 @@
 
 The displacement network of seed 003 (:class:`FlowNet`): image and renders of the current mesh
 in, per-pixel 2D displacements from the render to the image out; its loss, render inputs and
-checkpoints (its ground truth is :func:`fitkit.render.displacement_field`). One checkpoint
-format holds every registered kind of network (:func:`save_network`, :func:`load_network`,
+checkpoints (its ground truth is :func:`fitkit.render.displacement_field`). ReFit of seed 001
+(:class:`ReFit`), the recurrent feedback-update network. One checkpoint format holds every
+registered kind of network (:func:`save_network`, :func:`load_network`,
 :func:`register_network`).
 """
 
 from fitkit.nets.checkpoint import (
     NETWORK_KINDS,
+    REFIT_KIND,
     CheckpointError,
     NetworkKind,
     load_flownet,
@@ -30,14 +32,19 @@ from fitkit.nets.flownet import (
     predict_displacements,
     render_inputs,
 )
+from fitkit.nets.refit import REFIT_CONFIGS, ReFit, ReFitConfig
 
 __all__ = [
     "FLOWNET_CONFIGS",
     "NETWORK_KINDS",
+    "REFIT_CONFIGS",
+    "REFIT_KIND",
     "CheckpointError",
     "FlowNet",
     "FlowNetConfig",
     "NetworkKind",
+    "ReFit",
+    "ReFitConfig",
     "RenderInputs",
     "body_render_inputs",
     "flow_loss",

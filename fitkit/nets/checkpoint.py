@@ -37,12 +37,15 @@ from torch import nn
 from fitkit.io.runs import write_torch
 from fitkit.io.safe_pickle import error_summary
 from fitkit.nets.flownet import FlowNet, FlowNetConfig
+from fitkit.nets.refit import ReFit, ReFitConfig
 
 FORMAT = "fitkit.network"
 VERSION = 1
 
 FLOWNET_KIND = "flownet"
 """The kind of the displacement network (:class:`~fitkit.nets.flownet.FlowNet`)."""
+REFIT_KIND = "refit"
+"""The kind of ReFit (:class:`~fitkit.nets.refit.ReFit`)."""
 
 LEGACY_FORMATS: dict[str, str] = {"fitkit.flownet": FLOWNET_KIND}
 """Earlier single-kind layouts (version :data:`LEGACY_VERSION`, no ``kind`` field) -> the kind
@@ -272,3 +275,4 @@ def load_flownet(path: str | os.PathLike, device: torch.device | str = "cpu") ->
 
 
 register_network(FLOWNET_KIND, FlowNet, FlowNetConfig, "displacement-network")
+register_network(REFIT_KIND, ReFit, ReFitConfig, "ReFit")

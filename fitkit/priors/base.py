@@ -28,6 +28,24 @@ class PosePrior(nn.Module):
         """Same as :meth:`energy`."""
         return self.energy(body_pose, context)
 
+    def typical_pose(self, batch_size: int = 1,
+                     context: torch.Tensor | None = None) -> torch.Tensor:
+        """A pose the prior finds typical, where a fit without an initial pose starts.
+
+        The base class returns the rest pose (zeros); priors override it (the GMM: its
+        heaviest component's mean; a latent prior: the decoded zero latent).
+
+        Args:
+            batch_size: B; context: ``(B, C)`` for a conditional prior.
+        Returns:
+            ``(B, 69)`` axis-angle.
+        """
+        parameter = next(iter(self.buffers()), None)
+        if parameter is None:
+            parameter = next(iter(self.parameters()), None)
+        like = {} if parameter is None else {"device": parameter.device}
+        return torch.zeros(batch_size, 69, **like)
+
 
 class LatentPosePrior(PosePrior):
     """A prior with a latent space that a fitter can optimize instead of the pose.
@@ -51,3 +69,11 @@ class LatentPosePrior(PosePrior):
     ) -> torch.Tensor:
         """Energy of each latent: (B, latent_dim) -> (B,)."""
         raise NotImplementedError
+
+    def typical_pose(self, batch_size: int = 1,
+                     context: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoded zero latent (the mode of the latent distribution): ``(B, 69)``."""
+        like = next(iter(self.parameters()))
+        latent = torch.zeros(batch_size, self.latent_dim, device=like.device, dtype=like.dtype)
+        with torch.no_grad():
+            return self.decode(latent, context)

@@ -70,6 +70,11 @@ class GMMPrior(PosePrior):
         """Max-mixture energy: (B, 69) axis-angle -> (B,) (``context`` is ignored)."""
         return self.component_energies(body_pose).min(dim=-1).values
 
+    def typical_pose(self, batch_size: int = 1,
+                     context: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of the heaviest component: ``(B, 69)`` (``context`` is ignored)."""
+        return self.means[self.weights.argmax()].expand(batch_size, -1).clone()
+
     @classmethod
     def from_pickle(cls, path: str | Path) -> GMMPrior:
         """Load the official ``gmm_08.pkl`` layout (latin1 pickle of a dict of arrays) without

@@ -9,6 +9,7 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
+from fitkit.io.keypoint_formats import KEYPOINT_FORMATS
 from fitkit.io.runs import non_negative_int, positive_float, positive_int, run_command
 from fitkit.refine.report import metrics_table
 from fitkit.refine.run import FLOW_SOURCES, RefineError, RefineSummary, refine_dataset
@@ -29,10 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-term", default="keypoints",
                         help="data term(s), comma-separated: "
                         f"{', '.join(term_keywords())} or one registered by --import "
-                        "(default keypoints)")
+                        "(default keypoints); or refit, the learned optimizer (docs/refit.md)")
     parser.add_argument("--import", dest="modules", action="append", default=[],
                         metavar="MODULE", help="import MODULE first (it may register data "
                         "terms); repeatable")
+    parser.add_argument("--keypoint-format", choices=tuple(KEYPOINT_FORMATS),
+                        help="format of keypoints/NAME_keypoints.json (default: the one the "
+                        "files name, else by their point count; 17 points are coco17)")
     parser.add_argument("--flow", choices=FLOW_SOURCES,
                         help="displacements for the flow term: predicted (default, by the "
                         "displacement network) or exact (the true field from gt.npz)")
@@ -43,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the subjects' textures, for a network with texture input: a folder "
                         "of UV textures NAME.png, estimate (from each image alone), or other "
                         "(the next image's estimate; ablation); default none")
+    parser.add_argument("--refit-net",
+                        help="--data-term refit: auto (default, the shipped open network) or a "
+                        "ReFit checkpoint path")
+    parser.add_argument("--refit-iterations", type=non_negative_int, metavar="T",
+                        help="--data-term refit: feedback-update steps (default the network's)")
     parser.add_argument("--flow-rounds", type=positive_int, metavar="R",
                         help="predicted flow: R rounds of predicting from the latest fit and "
                         "fitting (default 1)")
@@ -60,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace the results of an earlier run in --output")
     parser.add_argument("--overlays", type=non_negative_int, default=8, metavar="K",
                         help="overlay pictures for the first K images (default 8)")
-    parser.add_argument("--preset", default="refine", help="fit preset: refine (default), spin")
+    parser.add_argument("--preset", help="fit preset: refine (default with init.npz), scratch "
+                        "(default without: several starts, annealed prior), spin")
     parser.add_argument("--iterations", type=positive_int,
                         help="iterations per stage (preset's: 100)")
     parser.add_argument("--lr", type=positive_float, help="step size (preset's: 0.01)")
@@ -98,6 +108,8 @@ def _refine(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, overlays=args.overlays, preset=args.preset,
         limit=args.limit, body=args.body, progress=not args.quiet, shard=args.shard,
         iterations=args.iterations, lr=args.lr, optimizer=args.optimizer,
+        keypoint_format=args.keypoint_format, refit_net=args.refit_net,
+        refit_iterations=args.refit_iterations,
     )
     print_summary(summary)
     return 0

@@ -28,7 +28,10 @@ def batch_inputs(
     ``errors`` and blank that sample's observations."""
     init = dataset.rows(names)
     sizes = image_sizes([dataset.image_path(name) for name in names], errors)
-    fallback = np.round(2.0 * init["camera_center"] + 1.0).astype(np.int64)
+    if "camera_center" in init:  # an unreadable image: its size from its camera
+        fallback = np.round(2.0 * init["camera_center"] + 1.0).astype(np.int64)
+    else:  # (flagged bad_input either way)
+        fallback = np.ones_like(sizes)
     sizes = np.where((sizes > 0).all(axis=1, keepdims=True), sizes, fallback)
     inputs: dict[str, Any] = {}
     for name, keyword in fitter.keywords.items():
@@ -127,20 +130,15 @@ def exact_displacements(
 
 
 def part_arrays(names: list[str], result: FitResult, errors: list[str]) -> dict[str, np.ndarray]:
-    """One batch's rows: parameters, energies, flags and error messages.
+    """One batch's rows: parameters, energies, flags, plausibility measures and error messages
+    (:meth:`FitResult.as_arrays`).
 
     A sample's ``error`` is the message of its input files (``errors``) or else the solver's
     (``result.errors``: e.g. initial parameters that are not finite); ``flag_bad_input`` is set
     exactly when the sample has a message.
     """
-    solver_errors = getattr(result, "errors", None) or [""] * len(names)
-    messages = [mine or str(theirs) for mine, theirs in zip(errors, solver_errors, strict=True)]
-    arrays: dict[str, np.ndarray] = {"image_names": np.array(names)}
-    arrays |= {key: value.cpu().float().numpy() for key, value in result.params.items()}
-    arrays["energy"] = result.energy.cpu().double().numpy()
-    arrays |= {f"energy_{key}": value.cpu().double().numpy() for key, value in result.terms.items()}
-    arrays |= {f"flag_{key}": value.cpu().numpy() for key, value in result.flags.items()
-               if key != "bad_input"}
+    arrays = result.as_arrays(names)
+    messages = [mine or str(theirs) for mine, theirs in zip(errors, result.errors, strict=True)]
     arrays["flag_bad_input"] = np.array([bool(message) for message in messages])
     arrays["error"] = np.array(messages, dtype=str)
     return arrays

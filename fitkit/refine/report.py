@@ -2,10 +2,13 @@
 (computed in chunks: never all meshes in memory), the text table, and overlay pictures.
 
 ``metrics.json`` is strict JSON: every number in it is finite, a mean over no sample is
-``null``. Its means are over the ``num_valid`` samples: no flag, finite refined, initial and
-ground-truth parameters, finite metrics; a sample without a flag that was left out for a
-non-finite value counts in ``excluded_non_finite``. Overlays of images larger than
-:data:`OVERLAY_MAX_SIDE` are drawn downscaled.
+``null``. Its means are over the ``num_valid`` samples: no failure flag, finite refined, initial
+and ground-truth parameters, finite metrics; a sample without a failure flag that was left out
+for a non-finite value counts in ``excluded_non_finite``. The plausibility flags
+(:data:`fitkit.fitting.plausibility.PLAUSIBILITY_FLAGS`) are counted in ``flagged`` but leave
+their samples in the means: those fits ran, and dropping the likely wrong ones would flatter
+the means. Overlays (image, then per body: over the image, from the side, from above) of images
+larger than :data:`OVERLAY_MAX_SIDE` are drawn downscaled.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from torch import Tensor
 
 from fitkit.body import BodyModel
 from fitkit.eval import body_metrics
+from fitkit.fitting.plausibility import PLAUSIBILITY_FLAGS
 from fitkit.geometry import Camera
 from fitkit.io.dataset import Dataset
 from fitkit.io.inputs import FitInputError, read_images
 from fitkit.io.params import PARAM_SIZES
 from fitkit.io.runs import atomic_write
-from fitkit.viz import compare
+from fitkit.viz import compare_views
 
 METRICS = ("mpjpe", "pa_mpjpe", "pve", "pa_pve")
 """Metrics of ``metrics.json`` (mm)."""
@@ -98,21 +102,26 @@ def compute_metrics(
 
     Returns:
         ``num_images``; ``num_valid`` (the samples of the means); ``excluded_non_finite``
-        (samples without a flag left out for non-finite values); ``flagged`` (samples per
-        flag); ``units``; with ``gt.npz``, ``init`` and ``refined``: :data:`METRICS` means,
-        ``None`` when no sample counts. Only finite numbers, so it is strict JSON.
+        (samples without a failure flag left out for non-finite values); ``flagged`` (samples
+        per flag, plausibility flags too); ``units``; with ``gt.npz``, ``init`` (not for
+        fits from scratch) and ``refined``: :data:`METRICS` means, ``None`` when no sample
+        counts. Only finite
+        numbers, so it is strict JSON.
     """
     flags = {key[5:]: results[key] for key in results if key.startswith("flag_")}
     count = len(dataset.names)
-    ok = ~np.any(np.stack([np.zeros(count, bool), *flags.values()]), axis=0)
-    finite = finite_rows(results) & finite_rows(dataset.init)
+    failed = [value for name, value in flags.items() if name not in PLAUSIBILITY_FLAGS]
+    ok = ~np.any(np.stack([np.zeros(count, bool), *failed]), axis=0)
+    initial = all(key in dataset.init for key in PARAM_SIZES)  # none: fits from scratch
+    finite = finite_rows(results) & (finite_rows(dataset.init) if initial else True)
     if dataset.gt is not None:
         finite &= finite_rows(dataset.gt)
     rows = np.flatnonzero(ok & finite)
     values: dict[str, dict[str, Tensor]] = {}
     if dataset.gt is not None and len(rows):
         gt = {key: dataset.gt[key][rows] for key in PARAM_SIZES}
-        for label, params in (("init", dataset.init), ("refined", results)):
+        sources = (("init", dataset.init),) * initial + (("refined", results),)
+        for label, params in sources:
             values[label] = per_sample_metrics(
                 body, {key: params[key][rows] for key in PARAM_SIZES}, gt)
         measured = torch.stack([value.isfinite() for metrics in values.values()
@@ -128,7 +137,7 @@ def compute_metrics(
         "units": "mm",
     }
     if dataset.gt is not None:
-        for label in ("init", "refined"):
+        for label in ("init",) * initial + ("refined",):
             document[label] = {
                 name: float(values[label][name].double().mean()) if len(rows) else None
                 for name in METRICS
@@ -137,12 +146,13 @@ def compute_metrics(
 
 
 def metrics_table(metrics: Mapping[str, Any]) -> str:
-    """``metrics.json`` as a small text table (before/after, mm)."""
-    if "init" not in metrics:
+    """``metrics.json`` as a small text table (before/after, mm; after alone for fits from
+    scratch)."""
+    if "refined" not in metrics:
         return "(no gt.npz: no metrics)"
     header = f"{'':10}" + "".join(f"{name.upper().replace('_', '-'):>10}" for name in METRICS)
     lines = [header]
-    for label in ("init", "refined"):
+    for label in (label for label in ("init", "refined") if label in metrics):
         values = metrics[label]
         lines.append(f"{label:10}" + "".join(
             f"{values[name]:>10.1f}" if values[name] is not None else f"{'-':>10}"
@@ -170,7 +180,8 @@ def write_overlays(
     body: BodyModel, dataset: Dataset, results: Mapping[str, np.ndarray], folder: Path,
     count: int,
 ) -> list[Path]:
-    """``folder/NAME.png`` (image | initial mesh | refined mesh) for the first ``count``
+    """``folder/NAME.png`` (:func:`fitkit.viz.compare_views`: the image, then a row per body,
+    refined and initial, each over the image, from the side and from above) for the first ``count``
     images that can be read (:func:`fitkit.io.inputs.read_images`: the size limit, 16-bit and
     greyscale files), drawn at most :data:`OVERLAY_MAX_SIDE` pixels wide and high."""
     written: list[Path] = []
@@ -185,16 +196,18 @@ def write_overlays(
         except (FileNotFoundError, FitInputError):
             continue
         height, width = image.shape[:2]
-        pick = {key: value[row:row + 1] for key, value in dataset.init.items()}
         refined = {key: value[row:row + 1] for key, value in results.items() if key in PARAM_SIZES}
-        (_, init_vertices), = bodies(body, pick)
         (_, refined_vertices), = bodies(body, refined)
+        meshes = {"refined": refined_vertices[0]}
+        if all(key in dataset.init for key in PARAM_SIZES):  # not for fits from scratch
+            pick = {key: value[row:row + 1] for key, value in dataset.init.items()}
+            (_, init_vertices), = bodies(body, pick)
+            meshes["init"] = init_vertices[0]
         camera = Camera(torch.as_tensor(results["focal_length"][row:row + 1]),
                         torch.as_tensor(results["camera_center"][row:row + 1]),
                         torch.tensor([[float(width), float(height)]]))
         image, camera = downscaled(image, camera, OVERLAY_MAX_SIDE)
-        picture = compare(image, {"init": init_vertices[0], "refined": refined_vertices[0]},
-                          faces, camera)
+        picture = compare_views(image, meshes, faces, camera)
         target = folder / f"{name}.png"
         atomic_write(target, lambda tmp, picture=picture: Image.fromarray(picture).save(
             tmp, format="PNG"))

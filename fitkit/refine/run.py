@@ -16,14 +16,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from fitkit import terms
-from fitkit.fitter import PREDICTED_TERMS, Fitter, term_names
+from fitkit.fitter import LEARNED_SOLVERS, PREDICTED_TERMS, Fitter, learned_solver, term_names
 from fitkit.io.dataset import Dataset, DatasetError, open_dataset
 from fitkit.io.inputs import FitInputError
 from fitkit.io.params import write_params
 from fitkit.io.runs import RunError, RunStore, Shard, check_device, file_digest, write_json
 from fitkit.nets.predict import TEXTURE_MODES
-from fitkit.refine.inputs import batch_inputs, part_arrays
+from fitkit.refine.inputs import batch_inputs, part_arrays, predicted_inputs
 from fitkit.refine.report import compute_metrics, merge_parts, write_overlays
+from fitkit.terms.keypoints import options_with_format
 
 FLOW_SOURCES = ("predicted", "exact")
 """Displacement sources for the flow term: ``predicted`` by the displacement network
@@ -101,11 +102,14 @@ def refine_dataset(
     resume: bool = False,
     overwrite: bool = False,
     overlays: int = 8,
-    preset: str = "refine",
+    preset: str | None = None,
     limit: int | None = None,
     body: str = "open",
     progress: bool = True,
     shard: str | Shard | None = None,
+    keypoint_format: str | None = None,
+    refit_net: str | None = None,
+    refit_iterations: int | None = None,
     **overrides: Any,
 ) -> RefineSummary:
     """Refine a dataset folder (the package docstring says what is read and written).
@@ -131,12 +135,17 @@ def refine_dataset(
         batch_size: images fitted together (and written as one part).
         resume, overwrite: what to do with a non-empty output folder.
         overlays: overlay pictures for the first ``overlays`` images.
-        preset: fit preset; overrides: settings for :func:`fitkit.fitter.fit_config`
+        preset: fit preset; default ``"refine"``, and ``"scratch"`` with several starts for a
+            folder without ``init.npz`` (:class:`~fitkit.fitter.Fitter`); overrides: settings
+            for :func:`fitkit.fitter.fit_config`
             (``iterations``, ``lr``, ...).
         limit: refine only the first ``limit`` images.
         body: body model; progress: show a tqdm bar.
         shard: ``"i/N"`` or a :class:`~fitkit.io.runs.Shard`: fit only batches ``k`` with
             ``k % N == i``; under torchrun each rank is a shard.
+        keypoint_format: the format of ``keypoints/NAME_keypoints.json`` (``coco17``, ...;
+            ``None``: the one the files name, else by their count), set in the keypoints term's
+            options over the preset's.
 
     The run's settings (``settings.json``, compared on resume) hold the content digests of
     ``init.npz``, ``gt.npz``, the body file and the prior or network paths, so a resume
@@ -154,7 +163,8 @@ def refine_dataset(
     """
     started = time.perf_counter()
     try:
-        names = term_names(data_term)
+        learned = learned_solver(data_term)
+        names = (learned,) if learned else term_names(data_term)
         workers = distributed_shard()
         shard = workers or (Shard.parse(shard) if isinstance(shard, str) else shard or Shard())
     except (FitInputError, ValueError) as error:
@@ -183,15 +193,26 @@ def refine_dataset(
         raise RefineError(str(error)) from None
     if flow == "exact" and dataset.gt is None:
         raise RefineError(f"--flow exact needs {Path(input) / 'gt.npz'}, which does not exist")
-    unread = [name for name in names if terms.term_class(name).dataset_pattern is None
-              and name not in PREDICTED_TERMS]
+    unread = [name for name in names if name not in (*PREDICTED_TERMS, *LEARNED_SOLVERS)
+              and terms.term_class(name).dataset_pattern is None]
     if unread:
         raise RefineError(f"data term(s) {', '.join(unread)} have no files in dataset folders "
                           "(no dataset_pattern)")
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    if keypoint_format is not None:
+        if "keypoints" not in names:
+            raise RefineError(f"--keypoint-format would be ignored: the data term(s) "
+                              f"{','.join(names)} have no keypoints term; drop it")
+        try:
+            overrides["term_options"] = options_with_format(
+                keypoint_format, overrides.get("term_options"))
+        except ValueError as error:
+            raise RefineError(f"--keypoint-format: {error}") from None
     try:
         fitter = Fitter(names, prior, body, device, flow_net=flow_net,
-                        flow_rounds=flow_rounds, preset=preset, **overrides)
+                        flow_rounds=flow_rounds, preset=preset, **overrides,
+                        **({"refit_net": refit_net or "auto", "refit_iterations":
+                            refit_iterations} if learned else {}))
         if flow == "predicted":
             fitter.predictor(texture)  # load the network now, so a bad one stops early
     except (FileNotFoundError, ValueError) as error:
@@ -204,6 +225,8 @@ def refine_dataset(
                 "body": str(body),
                 **({"flow_net": str(flow_net), "texture": str(texture),
                     "flow_rounds": flow_rounds} if flow == "predicted" else {}),
+                **({"refit_net": str(refit_net or "auto"), "refit_iterations": refit_iterations}
+                   if learned else {}),
                 "overrides": overrides, **input_digests(dataset, fitter, prior, flow_net)}
     writer = RunStore.SOLE_WRITER if shard.count == 1 else f"shard-{shard.index}-{shard.count}"
     try:
@@ -241,11 +264,11 @@ def ignored_flags(names: tuple[str, ...], flow: str | None, flow_net: str | None
 def input_digests(dataset: Dataset, fitter: Fitter, prior: str, flow_net: str
                   ) -> dict[str, str | None]:
     """Content digests of the run's input files (:func:`fitkit.io.runs.file_digest`), by
-    name: ``init.npz``, ``gt.npz`` (``None`` when absent), the body file, and the prior and
+    name: ``init.npz`` and ``gt.npz`` (``None`` when absent), the body file, and the prior and
     flow network when given as paths. (Per-image files are not digested: a dataset's images
     are too many to read on every start.)"""
-    gt = dataset.root / "gt.npz"
-    digests = {"init.npz": file_digest(dataset.root / "init.npz"),
+    init, gt = dataset.root / "init.npz", dataset.root / "gt.npz"
+    digests = {"init.npz": file_digest(init) if init.is_file() else None,
                "gt.npz": file_digest(gt) if gt.is_file() else None}
     if Path(fitter.body.source).is_file():
         digests["body_file"] = file_digest(fitter.body.source)
@@ -275,6 +298,9 @@ def _run(store: RunStore, dataset: Dataset, fitter: Fitter, shard: Shard, flow: 
             try:
                 sizes, init, inputs = batch_inputs(dataset, batch_names, fitter, errors, flow,
                                                    texture)
+                if fitter.learned:  # ReFit reads the pixels
+                    inputs["images"] = predicted_inputs(dataset, batch_names, fitter,
+                                                        errors)["images"]
                 result = fitter(sizes, init, **inputs)
             except ValueError as error:  # FitInputError, or a body that lacks what a term needs
                 raise RefineError(str(error)) from None

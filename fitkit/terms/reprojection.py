@@ -15,7 +15,8 @@ crops, seed 003 §4.1's "reprojection loss scaled by the size of the person"). W
 SPIN's 224-pixel crops then carry over to full images of any resolution.
 
 The base also estimates a first translation from the targets (similar triangles), once for all
-2D terms.
+2D terms, and measures how well a fitted body explains its targets for the plausibility flags
+(:meth:`ReprojectionTerm.relative_error`, :meth:`ReprojectionTerm.size_ratio`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class ReprojectionTerm(DataTerm):
             give the depth of :meth:`estimate_transl` (the keypoints term's torso sides).
         anchor: optional ``(N,)`` bool, the targets whose centroid :meth:`estimate_transl`
             places (when a sample uses any of them; else all used targets).
+        face: optional ``(N,)`` bool, the targets that are face points (for BODY_25 the nose,
+            eyes and ears), read by the ``facing`` plausibility flag
+            (:mod:`fitkit.fitting.plausibility`); ``None`` when unknown (no flag computed).
     """
 
     targets: Tensor
@@ -57,6 +61,7 @@ class ReprojectionTerm(DataTerm):
     crop_size: float | None
     length_pairs: tuple[list[int], list[int]] | None = None
     anchor: Tensor | None = None
+    face: Tensor | None = None
 
     def set_targets(
         self,
@@ -109,12 +114,62 @@ class ReprojectionTerm(DataTerm):
             ``(B,)`` energies, 0 for samples without targets.
         """
         self.check_batch(body_output, camera)
-        residual = (camera.project(self.points(body_output)) - self.targets)
+        residual = (self.projected(body_output, camera) - self.targets)
         residual = residual * self.scale[:, None, None]
         error = residual.square() if self.rho is None else geman_mcclure(residual, self.rho)
         energy = torch.where(self.used, error.sum(dim=-1) * self.weights, 0.0).sum(dim=-1)
         norm = self.normalization()
         return energy if norm is None else energy * norm
+
+    def projected(self, body_output: BodyOutput, camera: Camera) -> Tensor:
+        """``(B, N, 2)`` the body points (:meth:`points`) in the cameras' pixels: what the
+        energy and the plausibility measures compare with the targets."""
+        return camera.project(self.points(body_output))
+
+    def relative_error(self, body_output: BodyOutput, camera: Camera) -> Tensor:
+        """Median 2D distance between the projected body points and their targets, over the
+        person's height in the image.
+
+        The median runs over the targets that count (used, with a weight above 0); the height
+        is the larger side of the bounding box of the used targets (a standing person's height;
+        :meth:`person_size` without its 1.2 margin). Scale-free: 0.05 is 5 % of the height at
+        any resolution (the ``reprojection`` flag, :mod:`fitkit.fitting.plausibility`).
+
+        Args:
+            body_output: posed bodies (batch B), camera frame.
+            camera: cameras (batch B) in whose pixels the targets are given.
+        Returns:
+            ``(B,)`` relative errors, NaN for samples without a target that counts.
+        """
+        self.check_batch(body_output, camera)
+        distance = (self.projected(body_output, camera) - self.targets).norm(dim=-1)
+        counted = self.used & (self.weights > 0)
+        median = torch.where(counted, distance, torch.nan).nanmedian(dim=1).values
+        return median / (self.person_size() / CROP_BOX_SCALE)
+
+    def size_ratio(self, body_output: BodyOutput, camera: Camera) -> Tensor:
+        """How large the projected body is against the targets: the spread of the projected
+        points over that of their targets (the ``depth`` flag,
+        :mod:`fitkit.fitting.plausibility`).
+
+        The spread of a point set is the RMS distance of its points to their centroid, over
+        the targets that count (used, weight above 0). Under a pinhole camera the projected
+        size scales with 1 / depth, so a body placed twice as far as the image says gives
+        about 0.5, one twice as near about 2, whatever its pose. Every point takes part, so
+        the 2D error of one point moves it little (one far outlier among the targets does
+        enlarge their spread).
+
+        Args:
+            body_output: posed bodies (batch B), camera frame.
+            camera: cameras (batch B) in whose pixels the targets are given.
+        Returns:
+            ``(B,)`` ratios, NaN for samples with fewer than 3 targets that count.
+        """
+        self.check_batch(body_output, camera)
+        counted = self.used & (self.weights > 0)
+        ratio = (_spread(self.projected(body_output, camera), counted)
+                 / _spread(self.targets, counted))
+        return torch.where(counted.sum(dim=-1) >= 3, ratio, torch.nan)
 
     def estimate_transl(self, body_output: BodyOutput, camera: Camera) -> Tensor:
         """SMPLify's initial translation, from similar triangles.
@@ -180,3 +235,4 @@ def _spread(points: Tensor, used: Tensor) -> Tensor:
     count = weight.sum(dim=1).clamp(min=1)
     center = (points * weight).sum(dim=1) / count
     return (((points - center[:, None]).square() * weight).sum(dim=(1, 2)) / count[:, 0]).sqrt()
+

@@ -22,7 +22,8 @@ from typing import Any
 
 from fitkit.io.runs import canonical, settings_difference, writer_lock
 
-COMMAND_MODULES: tuple[str, ...] = ("fitkit.train.priors", "fitkit.train.flow")
+COMMAND_MODULES: tuple[str, ...] = ("fitkit.train.priors", "fitkit.train.flow",
+                                     "fitkit.train.refit")
 """Modules whose import registers CLI commands."""
 
 
@@ -91,3 +92,45 @@ def output_lock(out: str | os.PathLike) -> contextlib.AbstractContextManager[Non
     """
     out = Path(out)
     return writer_lock(out.with_name(out.name + ".lock"), f"training output {out}")
+
+
+def read_resume_state(out: str | os.PathLike, kind: str, settings: dict[str, Any],
+                      config: Any, steps: int) -> tuple[dict[str, Any], Any]:
+    """The checkpoint a network trainer resumes from, checked against the run's settings.
+
+    Args:
+        out: the run's checkpoint.
+        kind: its network kind (:data:`fitkit.nets.NETWORK_KINDS`).
+        settings: the settings given to resume, compared with those saved.
+        config: the network config given, or ``None`` (then the checkpoint's is used).
+        steps: the run's total steps (not fewer than those done).
+    Returns:
+        The checkpoint's contents and its network config.
+    Raises:
+        FileNotFoundError: no checkpoint at ``out``.
+        CheckpointError: no or an incomplete training state.
+        ValueError: settings or config that differ from the run's (named), or ``steps`` below
+            the steps done.
+    """
+    from fitkit.nets.checkpoint import CheckpointError, config_from_dict, read_checkpoint
+
+    if not Path(out).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {out}")
+    state = read_checkpoint(out, kind)
+    if "training" not in state:
+        raise CheckpointError(f"{out}: no training state to resume from (field 'training')")
+    missing = [name for name in ("step", "settings", "optimizer", "rng", "history")
+               if name not in state["training"]]
+    if missing:
+        raise CheckpointError(f"{out}: field 'training' lacks {', '.join(missing)}")
+    saved = config_from_dict(state["config"], f"{out}: field 'config'", kind)
+    mismatch = settings_mismatch(state["training"]["settings"], settings)
+    if config is not None and config != saved:
+        mismatch.append(f"config: checkpoint {saved}, given {config}")
+    if mismatch:
+        raise ValueError(f"{out}: resume with the run's own settings ({'; '.join(mismatch)})")
+    done = state["training"]["step"]
+    if done > steps:
+        raise ValueError(f"{out}: the checkpoint is at step {done}, past steps={steps}; "
+                         f"resume with at least {done} steps")
+    return state, saved

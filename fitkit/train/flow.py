@@ -24,6 +24,20 @@ checkpoint (:func:`fitkit.train.output_lock`), so a second trainer on the same o
 The held-out validation set is fixed (samples from :data:`VALIDATION_START` on, world seed 0),
 so validation figures of different runs compare; each evaluation also reports the
 zero-displacement baseline (the initial mesh as it is).
+
+Training on real images (``--data DIR``, ``docs/train_on_real.md``): batches come from a dataset
+folder with ground truth (:class:`fitkit.train.folder.FolderSamples`) through
+:class:`FolderBatchMaker`: the photo in place of the synthetic render, the initial estimate
+perturbed around the true body as the synthetic world perturbs its own, the same ``gt_pose``
+mixture and augmentations, the crop the predictor takes at test time (a box around the initial
+mesh's projection, :func:`fitkit.geometry.crop_boxes`) and the exact field between the initial and
+the true mesh in that crop. A network with texture input gets the texture back-projected from the
+crop at the true body (:func:`fitkit.render.estimate_texture`). ``data_mix`` of every batch
+(rounded to whole samples) still comes from the synthetic world. ``init_from`` starts from a
+trained network (a shipped name or a checkpoint) of the same config, to fine-tune it. The folder's
+content (``gt.npz``, its images, ``init.npz`` when used), the mix, the initial-estimate noise and
+the starting network's content join the settings a resume must repeat; ``val_data`` validates on
+another folder instead of the synthetic validation set.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +56,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from fitkit.body.model import BodyModel, load_body
+from fitkit.body.model import BodyModel, BodyOutput, load_body
 from fitkit.geometry.camera import Camera
+from fitkit.geometry.crop import crop_boxes, crop_camera
 from fitkit.io.runs import check_device, file_digest
 from fitkit.nets import (
     FLOWNET_CONFIGS,
@@ -55,8 +71,10 @@ from fitkit.nets import (
     save_flownet,
 )
 from fitkit.nets.checkpoint import FLOWNET_KIND, CheckpointError, config_from_dict
-from fitkit.render import displacement_field
+from fitkit.nets.predict import flownet_path
+from fitkit.render import displacement_field, estimate_texture
 from fitkit.synth import SynthConfig, SynthWorld
+from fitkit.synth.init import InitNoise
 from fitkit.train import (
     Command,
     check_non_negative,
@@ -65,6 +83,7 @@ from fitkit.train import (
     register_command,
     settings_mismatch,
 )
+from fitkit.train.folder import FolderSamples
 
 VALIDATION_START = 1 << 40
 """Index of the first validation sample (training indices stay below it)."""
@@ -116,10 +135,20 @@ class FlowBatch:
         """The batch on ``device``."""
         return FlowBatch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
+    @staticmethod
+    def cat(batches: list[FlowBatch]) -> FlowBatch:
+        """One batch of the samples of ``batches``, in order."""
+        return FlowBatch(*(torch.cat([getattr(b, f.name) for b in batches])
+                           for f in dataclasses.fields(FlowBatch)))
 
-def _generator(seed: int, index: int) -> torch.Generator:
-    """The augmentation generator of sample ``index`` (a stream apart from the world's)."""
-    state = np.random.SeedSequence([seed, index, 1]).generate_state(2, dtype=np.uint32)
+
+SYNTHETIC_STREAM, FOLDER_STREAM = 1, 2
+"""Keys of the augmentation generators of synthetic and of folder samples."""
+
+
+def _generator(seed: int, index: int, stream: int = SYNTHETIC_STREAM) -> torch.Generator:
+    """The augmentation generator of sample ``index`` (a stream apart from the samples')."""
+    state = np.random.SeedSequence([seed, index, stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -128,11 +157,12 @@ def _uniform(generator: torch.Generator, spread: float, *shape: int) -> Tensor:
     return (2.0 * torch.rand(*shape, generator=generator) - 1.0) * spread
 
 
-class FlowBatchMaker:
-    """Training batches for a displacement network, made on the fly (see the module doc).
+class _BatchMaker:
+    """What the synthetic and the folder batch makers share: the body, the network's config,
+    the augmentations, and the assembly of a batch from images, textures and meshes.
 
     Args:
-        body: the body model (with UVs and DensePose labels, as the synthetic world needs).
+        body: the body model.
         config: the network's config (image size, texture input).
         augment: initial-estimate mixture and augmentations.
     """
@@ -142,39 +172,38 @@ class FlowBatchMaker:
         self.body = body
         self.config = config
         self.augment = augment or FlowAugment()
-        size = config.image_size
-        self.world = SynthWorld(body, SynthConfig(size=size, keypoint_noise="none",
-                                                  texture_size=size))
         with torch.no_grad():
             self.rest = body().vertices[0]
 
-    @torch.no_grad()
-    def make(self, seed: int, indices: list[int]) -> FlowBatch:
-        """The batch of samples ``indices`` of the world seeded with ``seed``."""
-        aug = self.augment
-        sample = self.world.generate(seed, indices)
-        generators = [_generator(seed, index) for index in indices]
-        batch, size = len(indices), self.config.image_size
-        keep = torch.stack([torch.rand((), generator=g) < aug.gt_pose for g in generators])
-        init = dict(sample.init)
-        for key in ("global_orient", "body_pose"):
-            init[key] = torch.where(keep[:, None], sample.gt[key], init[key])
-        vertices_gt = self.body(**sample.gt).vertices
-        vertices_init = self.body(**init).vertices
-        camera = Camera(sample.focal_length, sample.camera_center,
-                        torch.full((batch, 2), float(size)))
-        texture = None
-        if self.config.texture:
-            texture = torch.stack([
-                self._augment_texture(t.permute(2, 0, 1).float() / 255.0, g)
-                for t, g in zip(sample.textures, generators, strict=True)])
-        renders = render_inputs(vertices_init, self.body.faces, camera, self.rest, texture,
+    def _keep_pose(self, generators: list[torch.Generator]) -> Tensor:
+        """``(B,)`` bool: the samples whose initial estimate keeps the true pose (each
+        generator's first draw)."""
+        return torch.stack([torch.rand((), generator=g) < self.augment.gt_pose
+                            for g in generators])
+
+    def _assemble(self, images: Tensor, textures: Tensor | None, vertices_gt: Tensor,
+                  vertices_init: Tensor, camera: Camera,
+                  generators: list[torch.Generator]) -> FlowBatch:
+        """The batch of images and meshes seen by ``camera``.
+
+        Args:
+            images: ``(B, 3, S, S)`` RGB in [0, 1], before augmentation.
+            textures: ``(B, 3, T, T)`` RGB in [0, 1] before augmentation, or ``None`` for a
+                network without texture input.
+            vertices_gt, vertices_init: ``(B, V, 3)`` the true and the initial mesh.
+            camera: the B cameras of the images.
+            generators: one per sample, drawn on: textures first, then images.
+        """
+        if textures is not None:
+            textures = torch.stack([self._augment_texture(t, g)
+                                    for t, g in zip(textures, generators, strict=True)])
+        renders = render_inputs(vertices_init, self.body.faces, camera, self.rest, textures,
                                 self.body.uv)
         target = displacement_field(vertices_gt, vertices_init, self.body.faces, camera,
                                     renders.fragments)
-        image = torch.stack([self._augment_image(i.permute(2, 0, 1).float() / 255.0, g)
-                             for i, g in zip(sample.images, generators, strict=True)])
-        return FlowBatch(image, renders.channels, renders.mask, target)
+        images = torch.stack([self._augment_image(i, g)
+                              for i, g in zip(images, generators, strict=True)])
+        return FlowBatch(images, renders.channels, renders.mask, target)
 
     def _augment_image(self, image: Tensor, generator: torch.Generator) -> Tensor:
         """``(3, H, W)`` -> ``(3, H, W)``: channel-wise noise, contrast, brightness."""
@@ -200,23 +229,121 @@ class FlowBatchMaker:
         return (texture + sigma * noise).clamp(0.0, 1.0)
 
 
-class _StepBatches(torch.utils.data.Dataset):
-    """Training batch ``step`` of a run, for a DataLoader (one item is a whole batch)."""
+class FlowBatchMaker(_BatchMaker):
+    """Training batches from the synthetic world, made on the fly (see the module doc).
 
-    def __init__(self, maker: FlowBatchMaker, seed: int, batch_size: int) -> None:
-        self.maker, self.seed, self.batch_size = maker, seed, batch_size
+    Args:
+        body: the body model (with UVs and DensePose labels, as the synthetic world needs).
+        config: the network's config (image size, texture input).
+        augment: initial-estimate mixture and augmentations.
+    """
+
+    def __init__(self, body: BodyModel, config: FlowNetConfig,
+                 augment: FlowAugment | None = None) -> None:
+        super().__init__(body, config, augment)
+        size = config.image_size
+        self.world = SynthWorld(body, SynthConfig(size=size, keypoint_noise="none",
+                                                  texture_size=size))
+
+    @torch.no_grad()
+    def make(self, seed: int, indices: list[int]) -> FlowBatch:
+        """The batch of samples ``indices`` of the world seeded with ``seed``."""
+        sample = self.world.generate(seed, indices)
+        generators = [_generator(seed, index) for index in indices]
+        batch, size = len(indices), self.config.image_size
+        keep = self._keep_pose(generators)
+        init = dict(sample.init)
+        for key in ("global_orient", "body_pose"):
+            init[key] = torch.where(keep[:, None], sample.gt[key], init[key])
+        camera = Camera(sample.focal_length, sample.camera_center,
+                        torch.full((batch, 2), float(size)))
+        textures = (sample.textures.permute(0, 3, 1, 2).float() / 255.0
+                    if self.config.texture else None)
+        return self._assemble(sample.images.permute(0, 3, 1, 2).float() / 255.0, textures,
+                              self.body(**sample.gt).vertices, self.body(**init).vertices,
+                              camera, generators)
+
+
+class FolderBatchMaker(_BatchMaker):
+    """Training batches from a dataset folder of images with ground truth (see the module doc).
+
+    A batch of draws ``indices`` (:meth:`FolderSamples.draw`) is cropped as
+    :class:`fitkit.nets.predict.FlowPredictor` crops at test time: a square box around the
+    projection of the initial mesh, kept inside the image where it can be, resampled to the
+    network's image size; the renders and the exact field live in that crop. With texture
+    input, each sample's texture is back-projected from its crop at the true body.
+
+    Args:
+        samples: the folder.
+        config: the network's config (image size, texture input).
+        augment: initial-estimate mixture and augmentations.
+    Raises:
+        ValueError: a network with texture input and a body without UVs.
+    """
+
+    def __init__(self, samples: FolderSamples, config: FlowNetConfig,
+                 augment: FlowAugment | None = None) -> None:
+        super().__init__(samples.body, config, augment)
+        if config.texture and samples.body.uv is None:
+            raise ValueError(f"this network takes a texture, and body model "
+                             f"{samples.body.source} has no UVs to map one with")
+        self.samples = samples
+
+    @torch.no_grad()
+    def make(self, seed: int, indices: list[int]) -> FlowBatch:
+        """The batch of draws ``indices`` of the folder for a run seeded ``seed``."""
+        generators = [_generator(seed, index, FOLDER_STREAM) for index in indices]
+        sample = self.samples.draw(seed, indices, keep_pose=self._keep_pose(generators))
+        size = self.config.image_size
+        pixels = sample.camera.project(sample.init_output.vertices)
+        box_center, box_size = crop_boxes(pixels, image_size=sample.camera.image_size)
+        camera = crop_camera(sample.camera, box_center, box_size, size)
+        images = sample.crops(box_center, box_size, size)
+        vertices_gt = sample.gt_output.vertices
+        textures = None
+        if self.config.texture:
+            textures = torch.stack([
+                estimate_texture(images[i:i + 1], self.body,
+                                 BodyOutput(vertices_gt[i:i + 1], sample.gt_output.joints[i:i + 1],
+                                            sample.gt_output.selector),
+                                 camera[i], size=size).texture
+                for i in range(len(indices))])
+        return self._assemble(images, textures, vertices_gt, sample.init_output.vertices, camera,
+                              generators)
+
+
+def synthetic_count(batch_size: int, data_mix: float) -> int:
+    """The synthetic samples of a batch of ``batch_size`` with a fraction ``data_mix`` from the
+    synthetic world (rounded half up; the rest come from the folder)."""
+    return math.floor(data_mix * batch_size + 0.5)
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Training batch ``step`` of a run, for a DataLoader (one item is a whole batch): its
+    synthetic samples ``step * n ... step * n + n - 1`` (``n`` of them), then its folder draws
+    numbered the same way."""
+
+    def __init__(self, synthetic: FlowBatchMaker | None, folder: FolderBatchMaker | None,
+                 seed: int, batch_size: int, data_mix: float) -> None:
+        self.synthetic, self.folder, self.seed = synthetic, folder, seed
+        self.counts = [synthetic_count(batch_size, data_mix)]
+        self.counts.append(batch_size - self.counts[0])
 
     def __getitem__(self, step: int) -> FlowBatch:
-        start = step * self.batch_size
-        return self.maker.make(self.seed, list(range(start, start + self.batch_size)))
+        parts = [maker.make(self.seed, list(range(step * count, step * count + count)))
+                 for maker, count in zip((self.synthetic, self.folder), self.counts, strict=True)
+                 if count]
+        return parts[0] if len(parts) == 1 else FlowBatch.cat(parts)
 
 
 def _as_is(batch: FlowBatch) -> FlowBatch:
     return batch
 
 
-def validation_set(maker: FlowBatchMaker, size: int, batch_size: int) -> list[FlowBatch]:
-    """The fixed held-out samples ``VALIDATION_START ...`` (world seed 0), in batches."""
+def validation_set(maker: FlowBatchMaker | FolderBatchMaker, size: int, batch_size: int
+                   ) -> list[FlowBatch]:
+    """The fixed held-out samples ``VALIDATION_START ...`` (seed 0) of a synthetic world or a
+    folder, in batches."""
     indices = list(range(VALIDATION_START, VALIDATION_START + size))
     return [maker.make(0, indices[i:i + batch_size]) for i in range(0, size, batch_size)]
 
@@ -276,6 +403,12 @@ def train_flow(
     augment: FlowAugment | None = None,
     progress: bool = True,
     schedule: str = "constant",
+    data: str | os.PathLike | None = None,
+    data_mix: float | None = None,
+    init_from: str | os.PathLike | None = None,
+    file_init: float = 0.0,
+    init_noise: InitNoise | None = None,
+    val_data: str | os.PathLike | None = None,
 ) -> FlowNet:
     """Train a displacement network with Adam on on-the-fly batches (see the module doc).
 
@@ -299,11 +432,28 @@ def train_flow(
         progress: show a tqdm bar and validation lines.
         schedule: ``"constant"`` learning rate, or ``"cosine"``: ``lr`` annealed to 0 over
             ``steps`` (a function of the step alone, so resume needs no scheduler state).
+        data: a dataset folder with ground truth to train on (:class:`FolderBatchMaker`).
+        data_mix: the fraction of each batch from the synthetic world (default 0 with
+            ``data``; without ``data`` every sample is synthetic).
+        init_from: start from this network (a shipped name, ``"open"`` or
+            ``"open-notexture"``, or a checkpoint path) instead of random weights; ``config``,
+            when given, must equal its config (default: its config).
+        file_init: with ``data``, the probability that a folder sample starts from its row of
+            the folder's ``init.npz`` (:class:`fitkit.train.folder.FolderSamples`).
+        init_noise: with ``data``, the perturbation of the folder samples' initial estimates
+            (default the synthetic world's).
+        val_data: a dataset folder with ground truth to validate on (its first ``val_size``
+            draws, seed 0) instead of the synthetic validation set.
     Returns:
         The trained network (eval mode).
     Raises:
-        ValueError: a count, step number or rate that is not positive and finite, a device
-            this machine lacks, a checkpoint that cannot be resumed with these settings.
+        ValueError: a count, step number or rate that is not positive and finite, a fraction
+            outside [0, 1], ``data_mix`` or ``file_init`` without ``data``, a device this
+            machine lacks, a checkpoint that cannot be resumed with these settings, an
+            ``init_from`` network of another config;
+            :class:`fitkit.io.dataset.DatasetError` (a ``ValueError``) for a folder that
+            cannot be trained on (named file, key and row).
+        FileNotFoundError: no ``init_from`` network.
         RunError: another trainer writes ``out``.
     """
     if schedule not in SCHEDULES:
@@ -314,6 +464,12 @@ def train_flow(
     if config is not None:
         check_positive(image_size=config.image_size, width=config.width, stacks=config.stacks)
     check_device(device)
+    if data is None and (data_mix is not None or file_init):
+        raise ValueError("data_mix and file_init choose among the samples of a data folder: "
+                         "give one (--data DIR)")
+    data_mix = 0.0 if data_mix is None else data_mix
+    if not 0.0 <= data_mix <= 1.0:
+        raise ValueError(f"data_mix must lie in [0, 1], got {data_mix!r}")
     augment = augment or FlowAugment()
     if not isinstance(body, BodyModel):
         body = load_body(body)
@@ -323,6 +479,30 @@ def train_flow(
     if schedule != "constant":  # older checkpoints have no such field: they ran constant
         settings["schedule"] = schedule
         settings["steps"] = steps  # the decay spans the run; a constant rate may be extended
+    samples = None
+    if data is not None:  # older checkpoints have no such fields: they trained on synthetic data
+        samples = FolderSamples(data, body, init_noise, file_init)
+        settings.update(data=samples.digest(), data_mix=data_mix, file_init=file_init,
+                        init_noise=dataclasses.asdict(samples.init_noise))
+    else:
+        data_mix = 1.0
+    validation_samples = None
+    if val_data is not None and val_size > 0:
+        validation_samples = FolderSamples(val_data, body, init_noise)
+    init_path = start_weights = start_config = None  # the network to fine-tune
+    if init_from is not None:
+        init_path = flownet_path(init_from)
+        settings["init_from"] = file_digest(init_path)
+        start_state = read_checkpoint(init_path, FLOWNET_KIND)
+        start_weights = start_state["model"]
+        start_config = config_from_dict(start_state["config"], f"{init_path}: field 'config'")
+        if config is not None and config != start_config:
+            differ = "; ".join(
+                f"{f.name}: checkpoint {getattr(start_config, f.name)!r}, given "
+                f"{getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+                if getattr(start_config, f.name) != getattr(config, f.name))
+            raise ValueError(f"init_from {init_path}: the network to start from has another "
+                             f"config ({differ}); give its config or none")
     out = Path(out)
     with output_lock(out):
         state = None
@@ -349,10 +529,18 @@ def train_flow(
                 raise ValueError(f"{out}: the checkpoint is at step {done}, past steps={steps}; "
                                  f"resume with at least {done} steps")
             config = saved
+        elif start_config is not None:
+            config = start_config
         config = config or FLOWNET_CONFIGS["small"]
 
         torch.manual_seed(seed)
         net = FlowNet(config).to(device)
+        if state is None and start_weights is not None:
+            try:
+                net.load_state_dict(start_weights)
+            except RuntimeError as error:
+                raise CheckpointError(f"{init_path}: field 'model' does not fit the saved config "
+                                      f"({error})") from error
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         start, history = 0, []
         if state is not None:
@@ -362,11 +550,18 @@ def train_flow(
             torch.set_rng_state(training["rng"])
             start, history = training["step"], list(training["history"])
 
-        maker = FlowBatchMaker(body, config, augment)
-        validation = validation_set(maker, val_size, batch_size) if val_size > 0 else []
+        needs_world = synthetic_count(batch_size, data_mix) > 0 or (
+            val_size > 0 and validation_samples is None)
+        synthetic = FlowBatchMaker(body, config, augment) if needs_world else None
+        folder = FolderBatchMaker(samples, config, augment) if samples is not None else None
+        validation = []
+        if val_size > 0:
+            validator = (synthetic if validation_samples is None
+                         else FolderBatchMaker(validation_samples, config, augment))
+            validation = validation_set(validator, val_size, batch_size)
         loader = torch.utils.data.DataLoader(
-            _StepBatches(maker, seed, batch_size), batch_size=None, sampler=range(start, steps),
-            num_workers=workers, collate_fn=_as_is)
+            _StepBatches(synthetic, folder, seed, batch_size, data_mix), batch_size=None,
+            sampler=range(start, steps), num_workers=workers, collate_fn=_as_is)
         autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if amp
                     else nullcontext())
 
@@ -414,8 +609,9 @@ def _preset(text: str) -> FlowNetConfig:
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
-    parser.add_argument("--size", type=_preset, default=FLOWNET_CONFIGS["small"],
-                        help=f"network size: {', '.join(FLOWNET_CONFIGS)} (default small)")
+    parser.add_argument("--size", type=_preset,
+                        help=f"network size: {', '.join(FLOWNET_CONFIGS)} (default small, or "
+                        "with --init-from that network's)")
     parser.add_argument("--image-size", type=int, help="override the size's image side")
     parser.add_argument("--width", type=int, help="override the size's channel width")
     parser.add_argument("--stacks", type=int, help="override the size's hourglass stacks")
@@ -436,18 +632,38 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body", default="open", help="body model: 'open' or a path")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint at --out")
+    parser.add_argument("--data", metavar="DIR",
+                        help="train on a dataset folder with ground truth (images/, gt.npz; "
+                        "docs/train_on_real.md)")
+    parser.add_argument("--data-mix", type=float, metavar="F",
+                        help="fraction of each batch from the synthetic world (default 0 with "
+                        "--data)")
+    parser.add_argument("--file-init", type=float, default=0.0, metavar="P",
+                        help="probability that a folder sample starts from its init.npz row "
+                        "instead of a perturbed ground truth (default 0)")
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="fine-tune this network: 'open', 'open-notexture' or a checkpoint "
+                        "path (the network config must match)")
+    parser.add_argument("--val-data", metavar="DIR",
+                        help="validate on this dataset folder instead of synthetic samples")
 
 
 def _run(args: argparse.Namespace) -> None:
     overrides = {"image_size": args.image_size, "width": args.width, "stacks": args.stacks}
-    config = dataclasses.replace(
-        args.size, **{k: v for k, v in overrides.items() if v is not None},
-        texture=not args.no_texture)
+    config = None  # with --init-from and no size given: the starting network's
+    if args.init_from is None or args.size or args.no_texture or any(
+            value is not None for value in overrides.values()):
+        config = dataclasses.replace(
+            args.size or FLOWNET_CONFIGS["small"],
+            **{k: v for k, v in overrides.items() if v is not None}, texture=not args.no_texture)
     train_flow(args.out, config, args.steps, args.batch_size, args.lr, args.seed, args.device,
                args.resume, args.checkpoint_every, args.val_every, args.val_size, args.workers,
-               args.amp, args.body, schedule=args.schedule)
+               args.amp, args.body, schedule=args.schedule, data=args.data,
+               data_mix=args.data_mix, init_from=args.init_from, file_init=args.file_init,
+               val_data=args.val_data)
 
 
 register_command(Command(
-    "flow", "train the displacement network of seed 003 on synthetic batches made on the fly",
+    "flow", "train the displacement network of seed 003 on synthetic batches made on the fly, "
+    "or on a dataset folder of real images with ground truth (--data)",
     _configure, _run))
