@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,19 @@ def output_lock(out: str | os.PathLike) -> contextlib.AbstractContextManager[Non
     """
     out = Path(out)
     return writer_lock(out.with_name(out.name + ".lock"), f"training output {out}")
+
+
+def size_type(configs: Mapping[str, Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` for ``--size``: the config of a size name in ``configs``; an
+    unknown name is refused with the sizes listed (exit code 2)."""
+
+    def size(text: str) -> Any:
+        if text not in configs:
+            raise argparse.ArgumentTypeError(f"unknown size {text!r}; choose one of "
+                                             f"{', '.join(configs)}")
+        return configs[text]
+
+    return size
 
 
 def read_resume_state(out: str | os.PathLike, kind: str, settings: dict[str, Any],

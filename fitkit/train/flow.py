@@ -82,6 +82,7 @@ from fitkit.train import (
     output_lock,
     register_command,
     settings_mismatch,
+    size_type,
 )
 from fitkit.train.folder import FolderSamples
 
@@ -600,16 +601,9 @@ def train_flow(
         return net.eval()
 
 
-def _preset(text: str) -> FlowNetConfig:
-    if text not in FLOWNET_CONFIGS:
-        raise argparse.ArgumentTypeError(f"unknown size {text!r}; choose one of "
-                                         f"{', '.join(FLOWNET_CONFIGS)}")
-    return FLOWNET_CONFIGS[text]
-
-
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
-    parser.add_argument("--size", type=_preset,
+    parser.add_argument("--size", type=size_type(FLOWNET_CONFIGS),
                         help=f"network size: {', '.join(FLOWNET_CONFIGS)} (default small, or "
                         "with --init-from that network's)")
     parser.add_argument("--image-size", type=int, help="override the size's image side")

@@ -54,6 +54,7 @@ from fitkit.train import (
     output_lock,
     read_resume_state,
     register_command,
+    size_type,
 )
 from fitkit.train.flow import SCHEDULES, VALIDATION_START, learning_rate
 
@@ -341,16 +342,9 @@ def train_refit(
         return net.eval()
 
 
-def _preset(text: str) -> ReFitConfig:
-    if text not in REFIT_CONFIGS:
-        raise argparse.ArgumentTypeError(f"unknown size {text!r}; choose one of "
-                                         f"{', '.join(REFIT_CONFIGS)}")
-    return REFIT_CONFIGS[text]
-
-
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
-    parser.add_argument("--size", type=_preset, default=REFIT_CONFIGS["cpu"],
+    parser.add_argument("--size", type=size_type(REFIT_CONFIGS), default=REFIT_CONFIGS["cpu"],
                         help=f"network size: {', '.join(REFIT_CONFIGS)} (default cpu)")
     parser.add_argument("--image-size", type=int, help="override the size's crop side")
     parser.add_argument("--keypoints", choices=("smpl24", "markers"),
