@@ -143,9 +143,11 @@ def fit(
             ``displacements``, otherwise only their size is used. ``None`` when ``camera`` is
             given (and displacements or another term's input are).
         init: initial parameters: a parameter ``.npz`` (``docs/formats.md``; rows picked by
-            image name when ``images`` are paths), a dict of arrays or tensors, a
-            :class:`FitResult`, or ``None`` (upright body facing the camera, translation from
-            the data).
+            image name when ``images`` are paths) or another tool's output (HMR 2.0, CameraHMR,
+            NLF: :mod:`fitkit.io.adapters`), a dict of arrays or tensors, a
+            :class:`FitResult`, or ``None``: from scratch (the ``"scratch"`` preset from four
+            global orientations, the best kept: :class:`fitkit.fitting.multistart.MultiStart`;
+            so also when ``init`` lacks ``global_orient``).
         data_term: a registered data term (``"keypoints"``, ``"densepose"``, ``"flow"``,
             ``"keypoints3d"``, or one registered from the user's own module with
             :func:`fitkit.terms.register_term`), or several as a list (their energies add up).
@@ -181,7 +183,8 @@ def fit(
             shipped open network), a checkpoint path or a :class:`~fitkit.nets.refit.ReFit`.
         refit_iterations: for ``"refit"``: T, feedback-update steps (default the network's, 5).
         config: other data terms' inputs by their keywords (``keypoints3d=...``, a user
-            term's own), ``preset`` (``"refine"`` default, ``"spin"``, or a :class:`FitConfig`) and
+            term's own), ``preset`` (``"refine"`` default with an initial ``global_orient``,
+            ``"scratch"`` without; ``"spin"``; or a :class:`FitConfig`) and
             overrides, e.g. ``iterations=50``, ``lr=0.02``, ``optimizer="lbfgs"``,
             ``pose_prior_weight=[0, 3]``, ``term_weights={"keypoints": 2}`` (:func:`fit_config`).
     Returns:
