@@ -2,7 +2,7 @@
 
     python bench/smplify.py [--batch-sizes 1 32 64] [--iterations 100] [--priors gmm vposer cnf]
                             [--terms keypoints densepose flow] [--size 512] [--preset refine]
-                            [--threads N]
+                            [--threads N] [--lm-iterations 10]
 
 For every device (CPU, and CUDA when available), data term, prior and batch size: one fit of
 synthetic people (open body, poses from ``fitkit.synth.poses``, ``--size`` square images, a start
@@ -18,6 +18,13 @@ evaluated only where the data terms read it, ``SMPLify(evaluation="sparse")``) a
 reference path (every vertex through ``smplx``, ``evaluation="full"``, the path before sparse
 evaluation). The table gives both times, their ratio, and the largest relative difference of the
 samples' final energies (sparse evaluation must not change the fit).
+
+A second table sets Levenberg-Marquardt (``optimizer="lm"``, ``--lm-iterations`` per stage,
+:mod:`fitkit.fitting.lm`) against the preset's Adam on the same batch, in the same run, for
+every data term and prior LM supports (keypoints, DensePose, flow; GMM or no prior): both
+times, the share of samples whose LM energy is at most Adam's, the median ratio of the
+energies, and where LM's time goes (Jacobians, solves, energy evaluations; a second, profiled
+LM run).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import torch
 from torch import Tensor
 
 import fitkit
+import fitkit.fitting.lm
+import fitkit.fitting.smplify
 from fitkit.fitting import SMPLify, preset
 from fitkit.geometry import Camera
 from fitkit.priors import load
@@ -113,6 +122,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image width and height")
     parser.add_argument("--preset", default="refine")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--lm-iterations", type=int, default=10,
+                        help="LM iterations per stage (0: no LM table)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,6 +139,7 @@ def main() -> None:
               "full ms/fit", "speed-up", "max rel. energy diff", "peak MB")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    lm_rows = []
     for device in devices:
         body = fitkit.load_body("open", device=device)
         for term_name, prior_name in itertools.product(args.terms, args.priors):
@@ -158,6 +170,61 @@ def main() -> None:
                        f"{reference:.0f}", f"{reference / ms:.1f}x", f"{change:.1e}",
                        f"{peak_memory_mb(device):.0f}")
                 print("| " + " | ".join(row) + " |", flush=True)
+                if args.lm_iterations and prior_name == "gmm" and term_name != "keypoints3d":
+                    lm_rows.append((device.type, term_name, prior_name, batch, results["sparse"],
+                                    lm_row(body, prior, config, args.lm_iterations, term,
+                                           camera, init)))
+    if lm_rows:
+        print(f"\nLevenberg-Marquardt, {args.lm_iterations} iterations per stage, against the "
+              f"preset's Adam ({args.iterations} per stage) above")
+        header = ("device", "term", "prior", "B", "Adam ms/fit", "LM ms/fit", "LM <= Adam",
+                  "median E_LM / E_Adam", "LM Jacobian ms", "LM solve ms", "LM energy ms")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for device_type, term_name, prior_name, batch, adam, (lm, profile) in lm_rows:
+            share = float((lm.energy <= adam.energy).float().mean())
+            ratio = float((lm.energy / adam.energy).median())
+            row = (device_type, term_name, prior_name, str(batch),
+                   f"{1000 * adam.timings['total']:.0f}", f"{1000 * lm.timings['total']:.0f}",
+                   f"{100 * share:.1f} %", f"{ratio:.3f}",
+                   *(f"{1000 * profile[part]:.0f}" for part in ("jacobian", "solve", "energy")))
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+def lm_row(body: fitkit.body.BodyModel, prior: torch.nn.Module, config: fitkit.fitting.FitConfig,
+           iterations: int, term: fitkit.terms.DataTerm, camera: Camera,
+           init: dict[str, Tensor]) -> tuple[fitkit.fitting.FitResult, dict[str, float]]:
+    """An LM fit of the same batch (timed), and the seconds it spends in Jacobians, solves and
+    energy evaluations (a second, instrumented run)."""
+    fitter = SMPLify(body, prior, config.with_stages(optimizer="lm", iterations=iterations))
+    result = fitter.fit(term, camera, init=init)
+    profile = {"jacobian": 0.0, "solve": 0.0, "energy": 0.0}
+    patched = {(fitkit.fitting.smplify, "structured_jacobian"): "jacobian",
+               (fitkit.fitting.lm, "jacobian"): "jacobian",
+               (fitkit.fitting.lm, "damped_step"): "solve",
+               (fitkit.fitting.smplify, "stage_residuals"): "energy"}
+    originals = {key: getattr(*key) for key in patched}
+
+    def timed(function, part):
+        def run(*args, **kwargs):
+            if body.device.type == "cuda":
+                torch.cuda.synchronize(body.device)
+            start = time.perf_counter()
+            value = function(*args, **kwargs)
+            if body.device.type == "cuda":
+                torch.cuda.synchronize(body.device)
+            profile[part] += time.perf_counter() - start
+            return value
+        return run
+
+    try:
+        for (module, name), part in patched.items():
+            setattr(module, name, timed(originals[(module, name)], part))
+        fitter.fit(term, camera, init=init)
+    finally:
+        for (module, name), function in originals.items():
+            setattr(module, name, function)
+    return result, profile
 
 
 if __name__ == "__main__":

@@ -337,3 +337,27 @@ def test_training_resumes_to_the_same_weights(body, tmp_path):
     with pytest.raises(ValueError, match="feedback_dropout"):
         train_refit(tmp_path / "part.pt", steps=3, resume=True,
                     **{**common, "config": dataclasses.replace(config, feedback_dropout=0.0)})
+
+
+def test_init_fraction_starts_that_share_of_steps_from_the_initial_estimates(
+        body, tmp_path, monkeypatch):
+    from fitkit.nets.refit import ReFit
+    from fitkit.train.refit import ReFitAugment, starts_from_init, train_refit
+
+    assert [starts_from_init(step, 0.5) for step in range(1, 7)] == [False, True] * 3
+    assert sum(starts_from_init(step, 0.25) for step in range(1, 101)) == 25
+    assert not any(starts_from_init(step, 0.0) for step in range(1, 10))
+    seen = []
+    forward = ReFit.forward
+
+    def recording(self, images, crop, body, iterations=None, init=None):
+        seen.append(init)
+        return forward(self, images, crop, body, iterations=iterations, init=init)
+
+    monkeypatch.setattr(ReFit, "forward", recording)
+    train_refit(tmp_path / "net.pt", config=dataclasses.replace(TINY, iterations=1), steps=2,
+                batch_size=2, val_size=0, body=body, progress=False, init_fraction=0.5,
+                augment=ReFitAugment(world_size=64, texture_size=64))
+    assert seen[0] is None and set(seen[1]) == {"global_orient", "body_pose", "betas", "transl"}
+    with pytest.raises(ValueError, match="init_fraction"):
+        train_refit(tmp_path / "bad.pt", init_fraction=1.5, body=body, progress=False)

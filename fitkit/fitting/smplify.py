@@ -1,4 +1,5 @@
-"""Batched SMPLify: stages of Adam or L-BFGS over body parameters, every sample independent.
+"""Batched SMPLify: stages of Adam, L-BFGS or Levenberg-Marquardt (:mod:`fitkit.fitting.lm`)
+over body parameters, every sample independent.
 
 Each sample of a batch has its own energy (data terms + pose prior + shape prior + bending +
 depth prior, weighted per stage, :mod:`fitkit.fitting.config`). The optimizer minimizes their sum;
@@ -35,6 +36,14 @@ from torch import Tensor
 from fitkit.body import BodyModel, BodyOutput
 from fitkit.body.model import PARAM_SIZES
 from fitkit.fitting.config import FitConfig, StageConfig, preset
+from fitkit.fitting.lm import (
+    check_residual_forms,
+    has_structured_jacobian,
+    levenberg_marquardt,
+    stage_residuals,
+    structured_jacobian,
+    term_vertex_ids,
+)
 from fitkit.fitting.plausibility import measure_plausibility, plausibility_flags
 from fitkit.fitting.result import FitResult
 from fitkit.fitting.solver import FitBatch, build_terms
@@ -309,6 +318,11 @@ class SMPLify:
                 with torch.no_grad():
                     state[space.variable] = space.encode(state["body_pose"])
         free = {name: state[name].detach().clone().requires_grad_(True) for name in names}
+        if stage.optimizer == "lm":
+            tracker = self._run_lm(stage, state, free, space, stage_terms, camera, anchor_z,
+                                   active, evaluate)
+            state.update(tracker.best)
+            return tracker
 
         def objective() -> tuple[Tensor, dict[str, Tensor]]:
             values = {**state, **free}
@@ -349,6 +363,47 @@ class SMPLify:
                 tracker.improved[:, None], decoded, state["body_pose"]
             )
         return tracker
+
+    def _run_lm(
+        self,
+        stage: StageConfig,
+        state: dict[str, Tensor],
+        free: dict[str, Tensor],
+        space: PoseSpace,
+        terms: dict[str, DataTerm],
+        camera: Camera,
+        anchor_z: Tensor,
+        active: Tensor,
+        evaluate: Callable[..., BodyOutput],
+    ) -> _Tracker:
+        """One stage of per-sample Levenberg-Marquardt (:mod:`fitkit.fitting.lm`) over the
+        residual forms of the stage's terms; ``free`` ends on each sample's best iterate.
+
+        Raises:
+            ValueError: a weighted term or prior without a residual form (named).
+        """
+        check_residual_forms(stage, terms, space.prior, self.config.term_weights)
+
+        def residuals(values: Mapping[str, Tensor], irls: bool) -> dict[str, Tensor]:
+            values = {**state, **values}
+            output = evaluate(**{name: values[name] for name in PARAM_SIZES})
+            return stage_residuals(stage, values, values["body_pose"], output, terms, camera,
+                                   space.prior, self.config.term_weights, anchor_z, irls)
+
+        def make_tracker(start: Tensor, start_terms: dict[str, Tensor]) -> _Tracker:
+            return _Tracker(active, start, start_terms, free, self.config.divergence_factor)
+
+        jacobian_at = None
+        if has_structured_jacobian(terms, space.prior):
+            sizes = {name: value.shape[1] for name, value in free.items()}
+            vertex_ids = term_vertex_ids(self.body, terms)
+
+            def jacobian_at(values: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+                return structured_jacobian(stage, self.body, {**state, **values}, sizes, terms,
+                                           camera, space.prior, self.config.term_weights,
+                                           anchor_z, vertex_ids)
+
+        return levenberg_marquardt(residuals, free, make_tracker, stage.iterations, jacobian_at)
 
     def _energy(
         self,

@@ -21,6 +21,19 @@ def bending_energy(body_pose: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) energies (4 at zero pose).
     """
+    return bending_residuals(body_pose).square().sum(dim=-1)
+
+
+def bending_residuals(body_pose: torch.Tensor) -> torch.Tensor:
+    """The bending energy as residuals: ``exp(s_i * theta_i)``, whose squares sum to
+    :func:`bending_energy` (Levenberg-Marquardt, :mod:`fitkit.fitting.lm`).
+
+    Args:
+        body_pose: (B, 69) axis-angle of SMPL joints 1–23.
+
+    Returns:
+        (B, 4) residuals.
+    """
     index = torch.tensor(BENDING_INDICES, device=body_pose.device)
     signs = torch.tensor(BENDING_SIGNS, device=body_pose.device, dtype=body_pose.dtype)
-    return torch.exp(body_pose[:, index] * signs).square().sum(dim=-1)
+    return torch.exp(body_pose[:, index] * signs)

@@ -54,6 +54,14 @@ class GMMPrior(PosePrior):
         self.register_buffer("weights", weights.float())
         self.register_buffer("precisions", torch.linalg.inv(covars).float())
         self.register_buffer("log_c", log_c.float())
+        # Residual form (:meth:`residuals`): the whitening L_k^-1 of each component
+        # (Sigma_k = L_k L_k^T) and sqrt(-log c_k), derived, so not saved with the module.
+        whitening = torch.linalg.solve_triangular(
+            torch.linalg.cholesky(covars), torch.eye(d, dtype=covars.dtype), upper=False)
+        self.register_buffer("whitening", whitening.float(), persistent=False)
+        self.register_buffer("residual_constant", (-log_c).clamp(min=0.0).sqrt().float(),
+                             persistent=False)
+        self.has_residual_form = bool((log_c <= 0).all())
 
     @property
     def num_components(self) -> int:
@@ -69,6 +77,45 @@ class GMMPrior(PosePrior):
     def energy(self, body_pose: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Max-mixture energy: (B, 69) axis-angle -> (B,) (``context`` is ignored)."""
         return self.component_energies(body_pose).min(dim=-1).values
+
+    def residuals(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """The max-mixture energy as squared residuals (Levenberg-Marquardt,
+        :mod:`fitkit.fitting.lm`): for the component ``k`` of least energy, the
+        Cholesky-whitened difference ``sqrt(0.5) L_k^-1 (x - mu_k)`` and the constant
+        ``sqrt(-log c_k)``, so that ``residuals(x).square().sum(-1) == energy(x)``.
+
+        The choice of ``k`` is not differentiated (the max-mixture energy is piecewise).
+
+        Args:
+            body_pose: ``(B, 69)`` axis-angle.
+        Returns:
+            ``(B, 70)`` residuals (``D + 1``).
+        Raises:
+            ValueError: a component with ``log c_k > 0`` (weights far above 1), whose energy
+                is no sum of squares.
+        """
+        if not self.has_residual_form:
+            raise ValueError("this GMM has a component with log c_k > 0 (its weights are not "
+                             "normalized); its energy has no residual form")
+        dtype = body_pose.dtype
+        component = self.component_energies(body_pose.detach()).argmin(dim=-1)  # (B,)
+        diff = body_pose - self.means.to(dtype)[component]
+        white = torch.einsum("bij,bj->bi", self.whitening.to(dtype)[component], diff)
+        constant = self.residual_constant.to(dtype)[component]
+        return torch.cat([math.sqrt(0.5) * white, constant[:, None]], dim=-1)
+
+    def residual_jacobian(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """The Jacobian of :meth:`residuals`: ``sqrt(0.5) L_k^-1`` of each sample's component
+        over a zero row (the constant).
+
+        Args:
+            body_pose: ``(B, 69)`` axis-angle.
+        Returns:
+            ``(B, 70, 69)``.
+        """
+        component = self.component_energies(body_pose.detach()).argmin(dim=-1)
+        white = math.sqrt(0.5) * self.whitening.to(body_pose.dtype)[component]
+        return torch.cat([white, white.new_zeros(white.shape[0], 1, white.shape[2])], dim=1)
 
     def typical_pose(self, batch_size: int = 1,
                      context: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,3 +15,16 @@ def shape_energy(betas: torch.Tensor) -> torch.Tensor:
         (B,) energies.
     """
     return betas.square().sum(dim=-1)
+
+
+def shape_residuals(betas: torch.Tensor) -> torch.Tensor:
+    """The shape prior as residuals: ``betas`` themselves (their squares sum to
+    :func:`shape_energy`; Levenberg-Marquardt, :mod:`fitkit.fitting.lm`).
+
+    Args:
+        betas: (B, K) shape coefficients.
+
+    Returns:
+        (B, K) residuals.
+    """
+    return betas

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=positive_int,
                         help="iterations per stage (preset's: 100)")
     parser.add_argument("--lr", type=positive_float, help="step size (preset's: 0.01)")
-    parser.add_argument("--optimizer", choices=("adam", "lbfgs"), help="optimizer (preset's)")
+    parser.add_argument("--optimizer", choices=("adam", "lbfgs", "lm"), help="optimizer (preset's)")
     parser.add_argument("--limit", type=positive_int, metavar="N",
                         help="refine only the first N images")
     parser.add_argument("--body", default="open", help="body model (default: the open body)")

@@ -121,6 +121,45 @@ class ReprojectionTerm(DataTerm):
         norm = self.normalization()
         return energy if norm is None else energy * norm
 
+    def residuals(self, body_output: BodyOutput, camera: Camera, irls: bool = False) -> Tensor:
+        """The energy as residuals (Levenberg-Marquardt, :mod:`fitkit.fitting.lm`): per
+        target and pixel coordinate ``sqrt(c_b w_bn) psi(s_b r)``.
+
+        ``psi(r) = r`` for the squared error. For the robust one, ``psi(r) = rho r /
+        sqrt(rho^2 + r^2)``, the signed square root of Geman-McClure: the squares sum to
+        :meth:`energy` exactly. With ``irls``, ``psi(r) = sqrt(u) r`` instead, the
+        iteratively reweighted form with ``u = rho^4 / (rho^2 + r^2)^2`` taken at the current
+        ``r`` and not differentiated: the same gradient, and a Gauss-Newton matrix that does not
+        shrink the far (saturated) targets' curvature to nothing, so its steps do not
+        overshoot; its squares are not the energy.
+
+        Args:
+            body_output: posed bodies (batch B), camera frame.
+            camera: cameras (batch B) in whose pixels the targets are given.
+            irls: the reweighted form for the Jacobian (see above).
+        Returns:
+            ``(B, 2 N)`` residuals, 0 for targets that do not count.
+        """
+        self.check_batch(body_output, camera)
+        return self.point_residuals(self.points(body_output), camera, irls)
+
+    def point_residuals(self, points: Tensor, camera: Camera, irls: bool = False) -> Tensor:
+        """:meth:`residuals` of given body points: ``(B, N, 3)`` camera frame -> ``(B, 2 N)``.
+        Residuals ``2n, 2n + 1`` depend on point ``n`` only (what a structured Jacobian relies
+        on, :func:`fitkit.fitting.lm.structured_jacobian`)."""
+        residual = (camera.project(points) - self.targets)
+        residual = residual * self.scale[:, None, None]
+        if self.rho is not None and irls:
+            residual = residual * (self.rho**2 / (self.rho**2 + residual.detach().square()))
+        elif self.rho is not None:
+            residual = self.rho * residual / (self.rho**2 + residual.square()).sqrt()
+        weight = torch.where(self.used, self.weights, 0.0).clamp(min=0.0)
+        norm = self.normalization()
+        if norm is not None:
+            weight = weight * norm[:, None]
+        residual = torch.where(self.used[..., None], residual * weight.sqrt()[..., None], 0.0)
+        return residual.flatten(1)
+
     def projected(self, body_output: BodyOutput, camera: Camera) -> Tensor:
         """``(B, N, 2)`` the body points (:meth:`points`) in the cameras' pixels: what the
         energy and the plausibility measures compare with the targets."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,8 @@ class ReFitBatch:
         box_center: ``(B, 2)``; box_size: ``(B,)`` (full-image pixels).
         focal_length, principal_point, image_size: ``(B, 2)`` each, the full images' cameras.
         gt: true ``global_orient``, ``body_pose``, ``betas``, ``transl``.
+        init: the synthetic world's initial estimates of the same bodies (perturbed like a
+            regressor's output, :mod:`fitkit.synth.init`), same keys.
     """
 
     images: Tensor
@@ -99,11 +102,12 @@ class ReFitBatch:
     principal_point: Tensor
     image_size: Tensor
     gt: dict[str, Tensor]
+    init: dict[str, Tensor]
 
     def to(self, device: torch.device | str) -> ReFitBatch:
         """The batch on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        moved = {name: ({k: v.to(device) for k, v in value.items()} if name == "gt"
+        moved = {name: ({k: v.to(device) for k, v in value.items()} if isinstance(value, dict)
                         else value.to(device)) for name, value in moved.items()}
         return ReFitBatch(**moved)
 
@@ -156,7 +160,8 @@ class ReFitBatchMaker:
         images = sample.images.permute(0, 3, 1, 2).float() / 255.0
         crops = crop_images(images, box_center, box_size, self.resolution)
         return ReFitBatch(crops, box_center, box_size, camera.focal_length,
-                          camera.principal_point, camera.image_size, dict(sample.gt))
+                          camera.principal_point, camera.image_size, dict(sample.gt),
+                          dict(sample.init))
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -193,21 +198,29 @@ def validation_set(maker: ReFitBatchMaker, size: int, batch_size: int) -> list[R
 
 @torch.no_grad()
 def evaluate(net: ReFit, body: BodyModel, batches: list[ReFitBatch],
-             device: torch.device | str) -> tuple[float, float]:
-    """Pelvis-aligned MPJPE (mm) of ``Θ_0`` and ``Θ_T`` over ``batches``."""
+             device: torch.device | str) -> tuple[float, float, float, float]:
+    """Pelvis-aligned MPJPE (mm) over ``batches`` of ``Θ_0`` and ``Θ_T`` from the network's own
+    guess, then of the batches' initial estimates and of ``Θ_T`` started from them."""
     was_training = net.training
     net.eval()
-    errors: list[list[float]] = [[], []]
+    errors: list[list[float]] = [[], [], [], []]
     for batch in batches:
         batch = batch.to(device)
         target = batch_target(batch, body)
-        estimates = net(batch.images, batch.crop, body)
         true = target.joints - target.joints[:, :1]
-        for slot, estimate in enumerate((estimates[0], estimates[-1])):
+        own = net(batch.images, batch.crop, body)
+        started = net(batch.images, batch.crop, body, init=batch.init)
+        for slot, estimate in enumerate((own[0], own[-1], started[0], started[-1])):
             joints = estimate.joints - estimate.joints[:, :1]
             errors[slot] += (joints - true).norm(dim=-1).mean(dim=-1).mul(1000).tolist()
     net.train(was_training)
     return tuple(sum(e) / max(len(e), 1) for e in errors)  # type: ignore[return-value]
+
+
+def starts_from_init(step: int, fraction: float) -> bool:
+    """Whether training step ``step`` (from 1) starts the loop from the batch's initial
+    estimates: exactly a ``fraction`` of the steps, spread evenly, the same on resume."""
+    return math.floor(step * fraction) > math.floor((step - 1) * fraction)
 
 
 def train_refit(
@@ -229,6 +242,7 @@ def train_refit(
     progress: bool = True,
     schedule: str = "constant",
     reuse: int = 1,
+    init_fraction: float = 0.0,
 ) -> ReFit:
     """Train ReFit with Adam on on-the-fly batches (see the module doc).
 
@@ -252,6 +266,10 @@ def train_refit(
         schedule: ``"constant"`` or ``"cosine"`` learning rate (:func:`learning_rate`).
         reuse: consecutive steps that share their rendered samples (each with its own crop
             jitter and dropout masks): rendering costs more than a step on a CPU.
+        init_fraction: the share of steps whose loop starts from the synthetic world's initial
+            estimates (perturbed like a regressor's output) instead of the network's own guess,
+            so that the loop learns to refine the starts ``fit(data_term="refit", init=...)``
+            gives it; the other steps train the guess. 0 (default): seed 001's training.
     Returns:
         The trained network (eval mode).
     Raises:
@@ -264,6 +282,8 @@ def train_refit(
     check_positive(steps=steps, batch_size=batch_size, lr=lr,
                    checkpoint_every=checkpoint_every, reuse=reuse)
     check_non_negative(val_every=val_every, val_size=val_size, workers=workers)
+    if not 0.0 <= init_fraction <= 1.0:
+        raise ValueError(f"init_fraction must be in [0, 1], got {init_fraction!r}")
     check_device(device)
     augment = augment or ReFitAugment()
     weights = weights or LossWeights()
@@ -275,6 +295,8 @@ def train_refit(
                 "body": file_digest(body.source) if Path(body.source).is_file() else body.source}
     if schedule != "constant":
         settings["steps"] = steps
+    if init_fraction:  # (absent when 0: runs from before the setting resume as they were)
+        settings["init_fraction"] = init_fraction
     out = Path(out)
     with output_lock(out):
         state = None
@@ -320,7 +342,8 @@ def train_refit(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(lr, step - 1, steps, schedule)
             crop = batch.crop
-            estimates = net(batch.images, crop, body)
+            init = batch.init if starts_from_init(step, init_fraction) else None
+            estimates = net(batch.images, crop, body, init=init)
             loss, terms = refit_loss(estimates, batch_target(batch, body), crop, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,11 +353,13 @@ def train_refit(
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}",
                                 j3d=f"{float(terms['joints3d']) ** 0.5 * 1000:.0f}mm")
             if validation and ((val_every and step % val_every == 0) or step == steps):
-                first, last = evaluate(net, body, validation, device)
-                history.append({"step": step, "val_mpjpe_t0": first, "val_mpjpe": last})
+                first, last, init_first, init_last = evaluate(net, body, validation, device)
+                history.append({"step": step, "val_mpjpe_t0": first, "val_mpjpe": last,
+                                "val_init_mpjpe": init_first, "val_from_init_mpjpe": init_last})
                 if progress:
                     tqdm.write(f"step {step}: validation MPJPE {last:.1f} mm at T="
-                               f"{config.iterations} ({first:.1f} mm at T=0)")
+                               f"{config.iterations} ({first:.1f} mm at T=0); from the "
+                               f"initial estimates {init_first:.1f} -> {init_last:.1f} mm")
             if step % checkpoint_every == 0 or step == steps:
                 save(step)
         if step == start:
@@ -370,6 +395,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse", type=int, default=1,
                         help="consecutive steps sharing rendered samples, each with its own "
                              "crops (default 1)")
+    parser.add_argument("--init-fraction", type=float, default=0.0, metavar="F",
+                        help="share of steps whose loop starts from the synthetic world's "
+                        "initial estimates (regressor-like) instead of the network's guess "
+                        "(default 0)")
     parser.add_argument("--body", default="open", help="body model: 'open' or a path")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint at --out")
@@ -391,7 +420,7 @@ def _run(args: argparse.Namespace) -> None:
     train_refit(args.out, config, args.steps, args.batch_size,
                 args.lr, args.seed, args.device, args.resume, args.checkpoint_every,
                 args.val_every, args.val_size, args.workers, body, augment,
-                schedule=args.schedule, reuse=args.reuse)
+                schedule=args.schedule, reuse=args.reuse, init_fraction=args.init_fraction)
 
 
 register_command(Command(
