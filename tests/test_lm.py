@@ -19,6 +19,7 @@ from test_fitting import (
 
 from fitkit.fitting import FitConfig, SMPLify, StageConfig, preset, zip_stages
 from fitkit.fitting.lm import (
+    body_jacobian,
     jacobian,
     right_jacobian,
     stage_residuals,
@@ -27,7 +28,7 @@ from fitkit.fitting.lm import (
 from fitkit.geometry import Camera
 from fitkit.geometry.rotations import axis_angle_to_matrix
 from fitkit.priors import load as load_prior
-from fitkit.terms import Keypoints3DTerm, KeypointsTerm
+from fitkit.terms import DataTerm, Keypoints3DTerm, KeypointsTerm
 
 PARAMS = ("global_orient", "body_pose", "betas", "transl")
 
@@ -157,6 +158,10 @@ def test_structured_jacobian_equals_forward_mode_autodiff():
         found, found_residual = structured_jacobian(
             stage, body, values, free, {"keypoints": term}, camera, prior, {}, anchor, ids)
         torch.testing.assert_close(found_residual, expected_residual)
+        joints, vertices, _, _ = body_jacobian(body, values, ids)
+        output = body(**values, vertex_ids=ids)
+        torch.testing.assert_close(joints, output.joints)
+        torch.testing.assert_close(vertices, output.vertices)
         torch.testing.assert_close(found, expected, rtol=1e-7, atol=1e-7 * expected.abs().max())
 
 
@@ -222,3 +227,37 @@ def test_terms_and_priors_without_residual_form_are_refused_by_name(body, camera
         SMPLify(body, HalfLatent(), lm_config(2)).fit(terms["keypoints"], camera[:2], init=truth)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         StageConfig("body", ("body_pose",), optimizer="newton")
+
+
+class OpaqueKeypoints(DataTerm):
+    """The keypoints term behind the plain data-term interface (energy and residuals only):
+    LM differentiates it by forward mode through the body instead of the structured path."""
+
+    def __init__(self, inner: KeypointsTerm) -> None:
+        self.inner = inner
+        self.valid = inner.valid
+
+    def energy(self, body_output, camera):
+        return self.inner.energy(body_output, camera)
+
+    def residuals(self, body_output, camera, irls=False):
+        return self.inner.residuals(body_output, camera, irls)
+
+    def estimate_transl(self, body_output, camera):
+        return self.inner.estimate_transl(body_output, camera)
+
+    def torso(self):
+        return OpaqueKeypoints(self.inner.torso())
+
+
+def test_a_term_with_only_residuals_fits_as_the_structured_path_does(body, camera):
+    truth = scene(2, seed=31)
+    keypoints = exact_keypoints(body, truth, camera[:2])
+    init = perturb(truth, seed=32)
+    fitter = SMPLify(body, simple_gmm(), lm_config(4))
+    term = KeypointsTerm(keypoints, crop_size=224.0)
+    structured = fitter.fit({"keypoints": term}, camera[:2], init=init)
+    generic = fitter.fit({"opaque": OpaqueKeypoints(term)}, camera[:2], init=init)
+    for name in PARAMS:
+        torch.testing.assert_close(generic.params[name], structured.params[name])
+    torch.testing.assert_close(generic.energy, structured.energy)

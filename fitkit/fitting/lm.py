@@ -17,33 +17,39 @@ data terms give their iteratively reweighted form (``sqrt(u) r``, ``u`` Geman-Mc
 at the current residual, not differentiated): the same gradient, and a Gauss-Newton matrix in
 which far targets keep their curvature (the square-rooted form's Jacobian vanishes for them,
 and its steps overshoot: on SPIN's keypoints about half of them were refused); whether a step
-is taken is decided on the exact energy. ``theta_b`` is the stage's free
-parameters of sample b flattened (82 for SPIN's body stage: 3 + 69 + 10).
+is taken is decided on the exact energy. ``theta_b`` is the stage's free parameters of sample b
+flattened (82 for SPIN's body stage: 3 + 69 + 10).
 
-Every iteration computes the Jacobians ``J_b`` by forward-mode differentiation
-(:func:`torch.func.jvp` under :func:`torch.func.vmap`, one tangent per parameter; no term
-couples samples, so one batched evaluation gives every sample's Jacobian), solves the damped
-normal equations ``(J^T J + lambda_b D_b) delta = -J^T r`` (``D_b`` Marquardt's diagonal of
-``J^T J``, floored) for all samples with one batched Cholesky, and evaluates the energies of the
-trial parameters. Per sample: a step that lowers the energy is taken and ``lambda_b`` shrinks;
-any other (higher, NaN, a failed factorization) is refused, ``theta_b`` kept and ``lambda_b``
-raised, without holding back any other sample. A sample whose accepted step lowers its energy by
-less than :data:`TOLERANCE` (relative), or whose ``lambda_b`` exceeds :data:`MAX_DAMPING`, has
-converged and is not updated again. A sample whose residuals or Jacobian turn NaN/Inf at its
-current parameters is frozen at its best iterate and flagged ``nan``, as in the Adam loop. So the
-energy never rises, each sample's result is that of fitting it alone, and an iteration of LM is
-one Jacobian, one solve and one energy evaluation: tens of iterations, not hundreds (on the CPU
-the loop stops early once every sample has converged).
+Every iteration computes the Jacobians ``J_b``, solves the damped normal equations
+``(J^T J + lambda_b D_b) delta = -J^T r`` (``D_b`` Marquardt's diagonal of ``J^T J``, floored)
+for all samples with one batched Cholesky, and evaluates the energies of the trial parameters.
+The Jacobians come, for 2D reprojection terms with the GMM or no prior (the common case), from
+:func:`structured_jacobian`: closed forms through the kinematic chain (:func:`body_jacobian`),
+the projection and the priors, no automatic differentiation; for any other term or prior with
+residuals, from :func:`jacobian`: forward mode (:func:`torch.func.jvp` under
+:func:`torch.func.vmap`, one tangent per parameter; no term couples samples, so one batched
+evaluation gives every sample's Jacobian). On the 2-core CPU (one thread) at B = 64, SPIN's
+body stage (82 parameters, keypoints + GMM): ~40 ms per Jacobian structured, ~630 ms by
+forward mode (``torch.func``'s batching of per-sample matrix products copies them; reverse
+mode with batched gradients took ~1.1 s). Per sample, a step that lowers the energy is taken and
+``lambda_b`` shrinks; any other (higher, NaN, a failed factorization) is refused, ``theta_b``
+kept and ``lambda_b`` raised, without holding back any other sample. A sample whose accepted
+step lowers its energy by less than :data:`TOLERANCE` (relative), or whose ``lambda_b`` exceeds
+:data:`MAX_DAMPING`, has converged and is not updated again. A sample whose residuals or
+Jacobian turn NaN/Inf at its current parameters is frozen at its best iterate and flagged
+``nan``, as in the Adam loop. So the energy never rises, each sample's result is that of fitting
+it alone, and an iteration of LM is one Jacobian, one solve and one energy evaluation: tens of
+iterations, not hundreds (on the CPU the loop stops early once every sample has converged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from fitkit.body import BodyModel, BodyOutput
 from fitkit.body.model import PARAM_SIZES
@@ -53,7 +59,8 @@ from fitkit.geometry.rotations import axis_angle_to_matrix
 from fitkit.priors import LatentPosePrior, PosePrior
 from fitkit.priors.bending import BENDING_INDICES, BENDING_SIGNS, bending_residuals
 from fitkit.priors.shape import shape_residuals
-from fitkit.terms import DataTerm, ReprojectionTerm
+from fitkit.terms import DataTerm, KeypointsTerm, ReprojectionTerm
+from fitkit.terms.flow import VertexTargetsTerm
 
 INITIAL_DAMPING = 1e-3
 """``lambda_b`` at the start of a stage."""
@@ -183,87 +190,112 @@ def right_jacobian(axis_angle: Tensor) -> Tensor:
     return eye - first * cross + second * (cross @ cross)
 
 
-def body_jacobian(body: BodyModel, params: Mapping[str, Tensor],
-                  vertex_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """Analytic Jacobians of the posed joints and of the vertices ``vertex_ids`` with respect
-    to all body parameters, through the kinematic chain (no automatic differentiation).
+def body_jacobian(body: BodyModel, params: Mapping[str, Tensor], vertex_ids: Tensor,
+                  free: Sequence[str] = tuple(PARAM_SIZES)) -> tuple[Tensor, Tensor, Tensor,
+                                                                     Tensor]:
+    """The posed joints and vertices ``vertex_ids`` and their analytic Jacobians with respect
+    to the body parameters ``free``, through the kinematic chain (no automatic
+    differentiation).
 
     A rotation ``theta_j`` (axis-angle) turns the world frame of joint ``j`` and of everything
     below it by ``Omega = G_j J_r(theta_j) e_c`` per component ``c`` (``G_j`` the world
     rotation, :func:`right_jacobian`): a joint ``x_k`` below ``j`` moves by
     ``Omega x (x_k - x_j)``, a vertex by the same for its skinning weights below ``j``, plus its
     pose blend shapes' change, blended by its skinning. ``betas`` move the rest joints and the
-    shaped vertices; ``transl`` moves everything.
+    shaped vertices; ``transl`` moves everything. Only what ``free`` needs is computed (the
+    camera stage's ``global_orient`` and ``transl`` cost a fraction of the body stage's).
 
     Args:
         body: the body model (SMPL layout, its :mod:`fitkit.body.skinning` arrays).
         params: ``global_orient`` (B, 3), ``body_pose`` (B, 69), ``betas`` (B, 10), ``transl``
             (B, 3).
         vertex_ids: ``(K,)`` long vertex ids.
+        free: the parameters whose columns are wanted, in the columns' order.
     Returns:
-        ``(B, 24, 3, 85)`` for the joints and ``(B, K, 3, 85)`` for the vertices, columns in the
-        order of ``PARAM_SIZES`` (``global_orient``, ``body_pose``, ``betas``, ``transl``).
+        The joints ``(B, 24, 3)`` and vertices ``(B, K, 3)`` (as the body's forward pass gives
+        them, to float rounding), then their Jacobians ``(B, 24, 3, P)`` and ``(B, K, 3, P)``,
+        P the sizes of ``free`` summed.
     """
     skin = body.skinning
     betas = params["betas"].to(body.dtype)
-    batch, joints = betas.shape[0], len(skin.parents)
+    batch, joints, count = betas.shape[0], len(skin.parents), len(vertex_ids)
     axis_angle = torch.cat([params["global_orient"], params["body_pose"]], dim=-1).to(
         body.dtype).reshape(batch, joints, 3)
     rotation = axis_angle_to_matrix(axis_angle)  # (B, J, 3, 3)
     rest = skin.joint_template + torch.einsum("jcs,bs->bjc", skin.joint_shapedirs, betas)
     world, position = skin._chain(rotation, rest)  # (B, J, 3, 3), (B, J, 3)
     below = _descendants(skin.parents, rotation.device, rotation.dtype)  # (J, J): j over k
-    local = right_jacobian(axis_angle)  # (B, J, 3, c)
-    omega = (world @ local).mT  # (B, J, c, 3): the world axis of each column
-    # joints: Omega_jc x (x_k - x_j) for k below j
-    offset = position[:, None, :, :] - position[:, :, None, :]  # (B, j, k, 3)
-    moved = torch.linalg.cross(omega[:, :, None, :, :], offset[:, :, :, None, :], dim=-1)
-    d_joints_pose = (moved * below[None, :, :, None, None]).permute(0, 2, 4, 1, 3).reshape(
-        batch, joints, 3, 3 * joints)
-    # betas: x_k' = S_0 + sum over the bones above k of G_parent (S_child - S_parent)
-    shape_dirs = skin.joint_shapedirs  # (J, 3, S)
-    parents = [max(parent, 0) for parent in skin.parents]
-    bones = shape_dirs - shape_dirs[parents]
-    bones[0] = shape_dirs[0]
-    parent_world = world[:, parents]
-    parent_world[:, 0] = torch.eye(3, dtype=world.dtype, device=world.device)
-    bone_moves = parent_world @ bones  # (B, J, 3, S)
-    d_joints_betas = torch.einsum("ck,bcxs->bkxs", below, bone_moves)
-    eye = torch.eye(3, dtype=world.dtype, device=world.device).expand(batch, joints, 3, 3)
-    d_joints = torch.cat([d_joints_pose, d_joints_betas, eye], dim=-1)
-
-    count = len(vertex_ids)
     weights = skin.weights[vertex_ids]  # (K, J)
     shaped = skin.v_template[vertex_ids] + torch.einsum(
         "kcs,bs->bkc", skin.shapedirs[vertex_ids], betas)
     pose_dirs = skin.posedirs[:, vertex_ids].reshape(joints - 1, 9, count, 3)
-    feature = (rotation[:, 1:] - torch.eye(3, dtype=world.dtype, device=world.device))
-    posed = shaped + torch.einsum("jnkx,bjn->bkx", pose_dirs, feature.flatten(2))
+    eye = torch.eye(3, dtype=world.dtype, device=world.device)
+    posed = shaped + torch.einsum("jnkx,bjn->bkx", pose_dirs, (rotation[:, 1:] - eye).flatten(2))
     transform_offset = position - (world @ rest[..., None])[..., 0]  # (B, J, 3)
     per_joint = (world[:, None] @ posed[:, :, None, :, None])[..., 0] + transform_offset[:, None]
     # (B, K, J, 3): each joint's transform of each vertex
-    below_weighted = below[None] * weights[:, None, :]  # (K, j, k)
-    lever = (torch.einsum("vjk,bvkx->bvjx", below_weighted, per_joint)
-             - below_weighted.sum(-1)[None, ..., None] * position[:, None])  # (B, K, j, 3)
-    rigid = torch.linalg.cross(omega[:, None], lever[..., None, :], dim=-1)  # (B, K, j, c, 3)
     blended = torch.einsum("kj,bjxy->bkxy", weights, world)  # (B, K, 3, 3)
-    d_rotation = rotation[:, 1:, None] @ skew(local[:, 1:].mT)  # (B, J-1, c, 3, 3)
-    d_posed = torch.einsum("jnkx,bjcn->bkjcx", pose_dirs, d_rotation.flatten(-2))
-    blend = torch.einsum("bkxy,bkjcy->bkjcx", blended, d_posed)  # (B, K, J-1, c, 3)
-    rigid = torch.cat([rigid[:, :, :1], rigid[:, :, 1:] + blend], dim=2)
-    d_vertices_pose = rigid.permute(0, 1, 4, 2, 3).reshape(batch, count, 3, 3 * joints)
-    d_vertices_betas = (blended @ skin.shapedirs[vertex_ids]
-                        - torch.einsum("kj,bjxs->bkxs", weights, world @ shape_dirs)
-                        + torch.einsum("kj,bjxs->bkxs", weights, d_joints_betas))
-    eye = eye[:, :1].expand(batch, count, 3, 3)
-    d_vertices = torch.cat([d_vertices_pose, d_vertices_betas, eye], dim=-1)
-    return d_joints, d_vertices
+    transl = params["transl"].to(body.dtype)[:, None]
+    joint_blocks: dict[str, Tensor] = {}
+    vertex_blocks: dict[str, Tensor] = {}
+
+    turned = 24 if "body_pose" in free else 1 if "global_orient" in free else 0
+    if turned:  # the rotations of the first `turned` joints
+        local = right_jacobian(axis_angle[:, :turned])  # (B, T, 3, c)
+        omega = (world[:, :turned] @ local).mT  # (B, T, c, 3): the world axis of each column
+        offset = position[:, None, :, :] - position[:, :turned, None, :]  # (B, j, k, 3)
+        moved = _cross(omega[:, :, None, :, :], offset[:, :, :, None, :])  # (B, j, k, c, 3)
+        pose = (moved * below[None, :turned, :, None, None]).permute(0, 2, 4, 1, 3).reshape(
+            batch, joints, 3, 3 * turned)
+        joint_blocks["global_orient"], joint_blocks["body_pose"] = pose[..., :3], pose[..., 3:]
+        below_weighted = below[None, :turned] * weights[:, None, :]  # (K, j, k)
+        lever = (torch.einsum("vjk,bvkx->bvjx", below_weighted, per_joint)
+                 - below_weighted.sum(-1)[None, ..., None] * position[:, None, :turned])
+        rigid = _cross(omega[:, None], lever[..., None, :])  # (B, K, j, c, 3)
+        if turned > 1:  # pose blend shapes
+            d_rotation = rotation[:, 1:, None] @ skew(local[:, 1:].mT)  # (B, J-1, c, 3, 3)
+            d_posed = torch.einsum("jnkx,bjcn->bkjcx", pose_dirs, d_rotation.flatten(-2))
+            blend = torch.einsum("bkxy,bkjcy->bkjcx", blended, d_posed)  # (B, K, J-1, c, 3)
+            rigid = torch.cat([rigid[:, :, :1], rigid[:, :, 1:] + blend], dim=2)
+        pose = rigid.permute(0, 1, 4, 2, 3).reshape(batch, count, 3, 3 * turned)
+        vertex_blocks["global_orient"], vertex_blocks["body_pose"] = pose[..., :3], pose[..., 3:]
+    if "betas" in free:
+        # x_k' = S_0 + sum over the bones above k of G_parent (S_child - S_parent)
+        shape_dirs = skin.joint_shapedirs  # (J, 3, S)
+        parents = [max(parent, 0) for parent in skin.parents]
+        bones = shape_dirs - shape_dirs[parents]
+        bones[0] = shape_dirs[0]
+        parent_world = world[:, parents]
+        parent_world[:, 0] = eye
+        joint_blocks["betas"] = torch.einsum("ck,bcxs->bkxs", below, parent_world @ bones)
+        vertex_blocks["betas"] = (
+            blended @ skin.shapedirs[vertex_ids]
+            - torch.einsum("kj,bjxs->bkxs", weights, world @ shape_dirs)
+            + torch.einsum("kj,bjxs->bkxs", weights, joint_blocks["betas"]))
+    joint_blocks["transl"] = eye.expand(batch, joints, 3, 3)
+    vertex_blocks["transl"] = eye.expand(batch, count, 3, 3)
+    vertices = (weights[:, :, None] * per_joint).sum(dim=2) + transl
+    return (position + transl, vertices, torch.cat([joint_blocks[name] for name in free], -1),
+            torch.cat([vertex_blocks[name] for name in free], -1))
+
+
+STRUCTURED_POINTS = (KeypointsTerm.points, VertexTargetsTerm.points)
+"""The ``points`` methods :func:`structured_jacobian` knows to be linear selections of the
+body's joints and vertices (so the points' Jacobians are the same selections of theirs)."""
 
 
 def has_structured_jacobian(terms: Mapping[str, DataTerm], prior: PosePrior | None) -> bool:
-    """Whether :func:`structured_jacobian` serves these terms and prior: 2D reprojection terms
-    only (residuals of one body point each) and no prior or one with ``residual_jacobian``."""
-    return (all(isinstance(term, ReprojectionTerm) for term in terms.values())
+    """Whether :func:`structured_jacobian` serves these terms and prior: fitkit's own 2D
+    reprojection terms (keypoints, DensePose, flow; a subclass that changes how points are
+    picked or scored goes through :func:`jacobian` instead) and no prior or one with
+    ``residual_jacobian``."""
+    def known(term: DataTerm) -> bool:
+        kind = type(term)
+        return (isinstance(term, ReprojectionTerm) and kind.points in STRUCTURED_POINTS
+                and kind.point_residuals is ReprojectionTerm.point_residuals
+                and kind.point_residual_jacobian is ReprojectionTerm.point_residual_jacobian)
+
+    return (all(known(term) for term in terms.values())
             and (prior is None or callable(getattr(prior, "residual_jacobian", None))))
 
 
@@ -280,10 +312,10 @@ def structured_jacobian(
     vertex_ids: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The Jacobian of :func:`stage_residuals` (``irls=True``) without automatic
-    differentiation through the body: :func:`body_jacobian` for the body points, each 2D
-    term's residuals against its points by three forward-mode products (a residual depends on
-    one point, so one tangent per coordinate serves every point), the priors' Jacobians in
-    closed form. Equal to :func:`jacobian` of the same residuals to float rounding.
+    differentiation: :func:`body_jacobian` for the body points, each 2D term's residuals
+    against its points (:meth:`~fitkit.terms.ReprojectionTerm.point_residual_jacobian`), the
+    priors' Jacobians in closed form. Equal to :func:`jacobian` of the same residuals to float
+    rounding.
 
     Args:
         stage, terms, camera, prior, term_weights, anchor_z: as for
@@ -296,17 +328,13 @@ def structured_jacobian(
     Returns:
         ``(B, R, P)`` Jacobians and the ``(B, R)`` residuals (``irls=True``) they belong to.
     """
-    layout, start = {}, 0
-    for name, size in PARAM_SIZES.items():
-        layout[name] = slice(start, start + size)
-        start += size
-    columns = torch.cat([torch.arange(start)[layout[name]] for name in free]).to(vertex_ids.device)
     params = {name: values[name] for name in PARAM_SIZES}
-    d_joints, d_vertices = body_jacobian(body, params, vertex_ids)
-    d_joints, d_vertices = d_joints[..., columns], d_vertices[..., columns]
-    batch, count = d_joints.shape[0], len(columns)
-    output = body(**params, vertex_ids=vertex_ids)
-    position = output.vertex_position
+    joints, vertices, d_joints, d_vertices = body_jacobian(body, params, vertex_ids, list(free))
+    batch, count = d_joints.shape[0], d_joints.shape[-1]
+    position = torch.full((body.num_vertices,), len(vertex_ids), dtype=torch.long,
+                          device=vertex_ids.device)
+    position[vertex_ids] = torch.arange(len(vertex_ids), device=vertex_ids.device)
+    output = BodyOutput(vertices, joints, body.selector, vertex_ids, position)
 
     blocks = []
     for name, term in terms.items():
@@ -321,15 +349,7 @@ def structured_jacobian(
         points = term.points(output)
         d_points = torch.func.vmap(points_of, in_dims=3, out_dims=3)(
             d_joints, d_vertices)  # (B, N, 3, P): the points are linear in joints, vertices
-        per_point = []
-        for axis in range(3):
-            tangent = torch.zeros_like(points)
-            tangent[..., axis] = 1.0
-            with forward_ad.dual_level():
-                dual = term.point_residuals(forward_ad.make_dual(points, tangent), camera,
-                                            irls=True)
-                per_point.append(forward_ad.unpack_dual(dual).tangent.unflatten(-1, (-1, 2)))
-        d_residual = torch.stack(per_point, dim=-1)  # (B, N, 2, 3)
+        d_residual = term.point_residual_jacobian(points, camera)  # (B, N, 2, 3)
         blocks.append(weight * (d_residual @ d_points).flatten(1, 2))
     pose_column = {name: index for index, name in enumerate(free)}
 
@@ -375,6 +395,15 @@ def term_vertex_ids(body: BodyModel, terms: Mapping[str, DataTerm]) -> Tensor:
     return torch.unique(torch.cat([ids.to(body.device) for ids in needed]))
 
 
+def _cross(first: Tensor, second: Tensor) -> Tensor:
+    """Cross products of broadcast ``(..., 3)`` vectors, by components (on the CPU several times
+    faster than ``torch.linalg.cross`` with broadcasting)."""
+    a0, a1, a2 = first.unbind(-1)
+    b0, b1, b2 = second.unbind(-1)
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-1)
+
+
+@functools.lru_cache(maxsize=16)
 def _descendants(parents: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     """``(J, J)``: 1 where joint k is joint j or below it (row j, column k)."""
     count = len(parents)

@@ -150,15 +150,41 @@ class ReprojectionTerm(DataTerm):
         residual = (camera.project(points) - self.targets)
         residual = residual * self.scale[:, None, None]
         if self.rho is not None and irls:
-            residual = residual * (self.rho**2 / (self.rho**2 + residual.detach().square()))
+            residual = residual * self._irls_factor(residual.detach())
         elif self.rho is not None:
             residual = self.rho * residual / (self.rho**2 + residual.square()).sqrt()
+        residual = torch.where(self.used[..., None],
+                               residual * self._residual_weight().sqrt()[..., None], 0.0)
+        return residual.flatten(1)
+
+    def point_residual_jacobian(self, points: Tensor, camera: Camera) -> Tensor:
+        """The Jacobian of :meth:`point_residuals` (``irls=True``) with respect to each point:
+        ``(B, N, 3)`` camera frame -> ``(B, N, 2, 3)`` (pixel coordinate by point coordinate;
+        a subclass that changes :meth:`point_residuals` changes this too)."""
+        depth = points[..., 2:3]
+        focal = camera.focal_length[:, None, :]  # (B, 1, 2)
+        xy = points[..., :2] / depth  # (B, N, 2)
+        factor = self.scale[:, None, None] * torch.where(
+            self.used[..., None], self._residual_weight().sqrt()[..., None], 0.0)
+        if self.rho is not None:
+            residual = (xy * focal + camera.principal_point[:, None, :] - self.targets)
+            factor = factor * self._irls_factor(residual * self.scale[:, None, None])
+        scaled = (factor * focal / depth)  # (B, N, 2): d r / d (x, y) of the 3D point
+        zero = torch.zeros_like(depth[..., 0])
+        rows = [torch.stack([scaled[..., 0], zero, -scaled[..., 0] * xy[..., 0]], dim=-1),
+                torch.stack([zero, scaled[..., 1], -scaled[..., 1] * xy[..., 1]], dim=-1)]
+        return torch.stack(rows, dim=-2)
+
+    def _irls_factor(self, residual: Tensor) -> Tensor:
+        """``sqrt(u) = rho^2 / (rho^2 + r^2)``, Geman-McClure's reweighting of residuals ``r``
+        (person-size scaled pixels), element-wise."""
+        return self.rho**2 / (self.rho**2 + residual.square())
+
+    def _residual_weight(self) -> Tensor:
+        """``(B, N)`` ``c_b w_bn``: what each target's squared error is multiplied by."""
         weight = torch.where(self.used, self.weights, 0.0).clamp(min=0.0)
         norm = self.normalization()
-        if norm is not None:
-            weight = weight * norm[:, None]
-        residual = torch.where(self.used[..., None], residual * weight.sqrt()[..., None], 0.0)
-        return residual.flatten(1)
+        return weight if norm is None else weight * norm[:, None]
 
     def projected(self, body_output: BodyOutput, camera: Camera) -> Tensor:
         """``(B, N, 2)`` the body points (:meth:`points`) in the cameras' pixels: what the
