@@ -206,7 +206,7 @@ def test_refine_a_folder_without_init_fits_from_scratch(tmp_path: Path) -> None:
     assert results["image_names"].tolist() == names
     assert np.isfinite(results["body_pose"]).all()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["preset"] is None and set(metrics["refined"]) >= {"mpjpe", "pa_mpjpe"}
+    assert metrics["preset"] == "scratch" and set(metrics["refined"]) >= {"mpjpe", "pa_mpjpe"}
     assert "init" not in metrics
     assert len(list((out / "overlays").iterdir())) == 1
     (data / "images" / f"{names[0]}.jpg").write_bytes(b"")

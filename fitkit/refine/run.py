@@ -221,7 +221,8 @@ def refine_dataset(
     output = Path(output)
     data_term_setting = names[0] if len(names) == 1 else ",".join(names)
     settings = {"input": str(Path(input).resolve()), "prior": str(prior),
-                "data_term": data_term_setting, "flow": flow, "preset": preset,
+                "data_term": data_term_setting, "flow": flow,
+                "preset": preset or ("refine" if "global_orient" in dataset.init else "scratch"),
                 "body": str(body),
                 **({"flow_net": str(flow_net), "texture": str(texture),
                     "flow_rounds": flow_rounds} if flow == "predicted" else {}),
