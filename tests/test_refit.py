@@ -361,3 +361,33 @@ def test_init_fraction_starts_that_share_of_steps_from_the_initial_estimates(
     assert seen[0] is None and set(seen[1]) == {"global_orient", "body_pose", "betas", "transl"}
     with pytest.raises(ValueError, match="init_fraction"):
         train_refit(tmp_path / "bad.pt", init_fraction=1.5, body=body, progress=False)
+
+
+def test_refit_trains_on_a_dataset_folder(body, tmp_path):
+    """``train refit --data DIR``: batches from the folder's photos and gt.npz (boxes around
+    the true bodies, the folder's cameras), the folder's content in the run's settings, and a
+    folder without ground truth refused with exit code 2."""
+    from fitkit.synth import SynthConfig, generate_dataset
+    from fitkit.train.__main__ import main as train_main
+    from fitkit.train.folder import FolderSamples
+    from fitkit.train.refit import FolderReFitBatchMaker, ReFitAugment, train_refit
+
+    data = generate_dataset(tmp_path / "data", 4, seed=3, config=SynthConfig(size=64),
+                            progress=False)
+    maker = FolderReFitBatchMaker(FolderSamples(data, body), 32, ReFitAugment())
+    batch = maker.make(1, [0, 1, 2])
+    assert batch.images.shape == (3, 3, 32, 32)
+    rows = maker.samples.rows(1, [0, 1, 2])
+    gt = np.load(data / "gt.npz")
+    torch.testing.assert_close(batch.focal_length, torch.as_tensor(gt["focal_length"][rows]))
+    joints = batch.crop.camera.project(body(**batch.gt).joints)  # the true joints, image pixels
+    inside = ((joints - batch.box_center[:, None]).abs() <= batch.box_size[:, None, None] / 2)
+    assert inside.all(dim=-1).float().mean() > 0.95
+    net = train_refit(tmp_path / "net.pt", config=dataclasses.replace(TINY, iterations=1),
+                      steps=2, batch_size=2, val_size=0, body=body, progress=False, data=data)
+    state = torch.load(tmp_path / "net.pt", weights_only=True)
+    assert state["training"]["settings"]["data"]["folder"] == str(data.resolve())
+    assert net is not None
+    (data / "gt.npz").unlink()
+    assert train_main(["refit", "--out", str(tmp_path / "bad.pt"), "--data", str(data),
+                       "--steps", "1"]) == 2

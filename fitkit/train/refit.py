@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ from fitkit.train import (
     size_type,
 )
 from fitkit.train.flow import SCHEDULES, VALIDATION_START, learning_rate
+from fitkit.train.folder import FolderSample, FolderSamples
 
 CLIP_NORM = 4.0
 """Largest gradient norm (the public ReFit configuration's ``CLIP_NORM``)."""
@@ -149,14 +151,7 @@ class ReFitBatchMaker:
         batch, size = len(indices), float(aug.world_size)
         camera = Camera(sample.focal_length, sample.camera_center, torch.full((batch, 2), size))
         pixels = camera.project(self.body(**sample.gt).vertices)
-        low, high = pixels.amin(dim=1), pixels.amax(dim=1)
-        jitter = torch.stack([
-            torch.rand(3, generator=seed_stream(seed, index, CROP_STREAM, variant))
-            for index in indices])  # (B, 3) uniforms
-        fill = aug.fill[0] + (aug.fill[1] - aug.fill[0]) * jitter[:, 0]
-        box_size = (high - low).amax(dim=-1) / fill
-        shift = (2.0 * jitter[:, 1:] - 1.0) * aug.shift
-        box_center = 0.5 * (low + high) + shift * box_size[:, None]
+        box_center, box_size = jittered_boxes(pixels, aug, seed, indices, variant)
         images = sample.images.permute(0, 3, 1, 2).float() / 255.0
         crops = crop_images(images, box_center, box_size, self.resolution)
         return ReFitBatch(crops, box_center, box_size, camera.focal_length,
@@ -164,12 +159,66 @@ class ReFitBatchMaker:
                           dict(sample.init))
 
 
+class FolderReFitBatchMaker:
+    """Training batches for ReFit from a dataset folder of images with ground truth
+    (``python -m fitkit.train refit --data DIR``): the folder's photos, their ``gt.npz`` bodies
+    and cameras, and initial estimates drawn around the truth as the synthetic world draws them
+    (:class:`fitkit.train.folder.FolderSamples`); boxes and crops as :class:`ReFitBatchMaker`'s.
+
+    Args:
+        samples: the folder; resolution: the network's crop side; augment: crop boxes.
+    """
+
+    def __init__(self, samples: FolderSamples, resolution: int,
+                 augment: ReFitAugment | None = None) -> None:
+        self.samples, self.resolution = samples, resolution
+        self.augment = augment or ReFitAugment()
+        self._drawn: tuple[tuple[int, tuple[int, ...]], FolderSample] | None = None
+
+    @torch.no_grad()
+    def make(self, seed: int, indices: list[int], variant: int = 0) -> ReFitBatch:
+        """Draws ``indices`` of a run seeded ``seed`` (each row once per epoch), cropped with
+        jitter ``variant`` (the draws are kept for the next call with the same indices)."""
+        key = (seed, tuple(indices))
+        if self._drawn is None or self._drawn[0] != key:
+            self._drawn = (key, self.samples.draw(seed, indices))
+        sample = self._drawn[1]
+        pixels = sample.camera.project(sample.gt_output.vertices)
+        box_center, box_size = jittered_boxes(pixels, self.augment, seed, indices, variant)
+        crops = sample.crops(box_center, box_size, self.resolution)
+        camera = sample.camera
+        return ReFitBatch(crops, box_center, box_size, camera.focal_length,
+                          camera.principal_point, camera.image_size, dict(sample.gt),
+                          dict(sample.init))
+
+
+def jittered_boxes(pixels: Tensor, augment: ReFitAugment, seed: int, indices: list[int],
+                   variant: int) -> tuple[Tensor, Tensor]:
+    """Square crop boxes around projected bodies with a random fill and centre shift
+    (:class:`ReFitAugment`), each sample's from its own generator.
+
+    Args:
+        pixels: ``(B, V, 2)`` projected vertices; indices: the B samples' indices.
+    Returns:
+        ``(B, 2)`` box centres and ``(B,)`` box sides, image pixels.
+    """
+    low, high = pixels.amin(dim=1), pixels.amax(dim=1)
+    jitter = torch.stack([
+        torch.rand(3, generator=seed_stream(seed, index, CROP_STREAM, variant))
+        for index in indices])  # (B, 3) uniforms
+    fill = augment.fill[0] + (augment.fill[1] - augment.fill[0]) * jitter[:, 0]
+    box_size = (high - low).amax(dim=-1) / fill
+    shift = (2.0 * jitter[:, 1:] - 1.0) * augment.shift
+    return 0.5 * (low + high) + shift * box_size[:, None], box_size
+
+
 class _StepBatches(torch.utils.data.Dataset):
     """Training batch ``step`` of a run, for a DataLoader (one item is a whole batch): samples
     ``c * B ... c * B + B - 1`` with ``c = step // reuse``, cropped with jitter
     ``step % reuse``."""
 
-    def __init__(self, maker: ReFitBatchMaker, seed: int, batch_size: int, reuse: int) -> None:
+    def __init__(self, maker: ReFitBatchMaker | FolderReFitBatchMaker, seed: int,
+                 batch_size: int, reuse: int) -> None:
         self.maker, self.seed, self.batch_size, self.reuse = maker, seed, batch_size, reuse
 
     def __getitem__(self, step: int) -> ReFitBatch:
@@ -243,6 +292,7 @@ def train_refit(
     schedule: str = "constant",
     reuse: int = 1,
     init_fraction: float = 0.0,
+    data: str | os.PathLike | None = None,
 ) -> ReFit:
     """Train ReFit with Adam on on-the-fly batches (see the module doc).
 
@@ -270,6 +320,10 @@ def train_refit(
             estimates (perturbed like a regressor's output) instead of the network's own guess,
             so that the loop learns to refine the starts ``fit(data_term="refit", init=...)``
             gives it; the other steps train the guess. 0 (default): seed 001's training.
+        data: a dataset folder of images with ground truth (``gt.npz``, ``docs/formats.md``)
+            to train on instead of the synthetic world (:class:`FolderReFitBatchMaker`; e.g.
+            real photos, to fine-tune a network with ``resume``-free fresh runs); validation
+            stays on the synthetic world's held-out samples.
     Returns:
         The trained network (eval mode).
     Raises:
@@ -297,6 +351,10 @@ def train_refit(
         settings["steps"] = steps
     if init_fraction:  # (absent when 0: runs from before the setting resume as they were)
         settings["init_fraction"] = init_fraction
+    samples = None
+    if data is not None:  # the folder's content joins the settings a resume must repeat
+        samples = FolderSamples(data, body)
+        settings["data"] = {"folder": str(Path(data).resolve()), **samples.digest()}
     out = Path(out)
     with output_lock(out):
         state = None
@@ -321,10 +379,12 @@ def train_refit(
             start, history = training["step"], list(training["history"])
 
         maker = ReFitBatchMaker(body.cpu(), config.image_size, augment)
+        training = maker if samples is None else FolderReFitBatchMaker(
+            samples, config.image_size, augment)
         body = body.to(device)
         validation = validation_set(maker, val_size, batch_size) if val_size > 0 else []
         loader = torch.utils.data.DataLoader(
-            _StepBatches(maker, seed, batch_size, reuse), batch_size=None,
+            _StepBatches(training, seed, batch_size, reuse), batch_size=None,
             sampler=range(start, steps), num_workers=workers, collate_fn=_as_is,
             generator=torch.Generator())  # leaves the global generator to the dropout masks
 
@@ -395,6 +455,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse", type=int, default=1,
                         help="consecutive steps sharing rendered samples, each with its own "
                              "crops (default 1)")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="train on a dataset folder of images with gt.npz (e.g. real "
+                        "photos) instead of the synthetic world")
     parser.add_argument("--init-fraction", type=float, default=0.0, metavar="F",
                         help="share of steps whose loop starts from the synthetic world's "
                         "initial estimates (regressor-like) instead of the network's guess "
@@ -420,7 +483,8 @@ def _run(args: argparse.Namespace) -> None:
     train_refit(args.out, config, args.steps, args.batch_size,
                 args.lr, args.seed, args.device, args.resume, args.checkpoint_every,
                 args.val_every, args.val_size, args.workers, body, augment,
-                schedule=args.schedule, reuse=args.reuse, init_fraction=args.init_fraction)
+                schedule=args.schedule, reuse=args.reuse, init_fraction=args.init_fraction,
+                data=args.data)
 
 
 register_command(Command(
