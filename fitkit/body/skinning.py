@@ -93,7 +93,7 @@ class Skinning(nn.Module):
             torch.cat([global_orient, body_pose], dim=-1).reshape(batch, -1, 3))  # (B, J, 3, 3)
         rest_joints = self.joint_template + torch.einsum("jcs,bs->bjc", self.joint_shapedirs,
                                                          betas)
-        world_rotation, world_joint = self._chain(rotations, rest_joints)
+        world_rotation, world_joint = self.chain(rotations, rest_joints)
         joints = world_joint + transl[:, None]
         if vertex_ids is not None and vertex_ids.numel() == 0:
             return joints, joints.new_zeros(batch, 0, 3)
@@ -112,8 +112,10 @@ class Skinning(nn.Module):
         vertices = _apply(rotation, posed) + blended[..., 9:]
         return joints, vertices + transl[:, None]
 
-    def _chain(self, rotations: Tensor, rest_joints: Tensor) -> tuple[Tensor, Tensor]:
-        """World rotations ``(B, J, 3, 3)`` and posed joints ``(B, J, 3)`` (no translation).
+    def chain(self, rotations: Tensor, rest_joints: Tensor) -> tuple[Tensor, Tensor]:
+        """The kinematic chain: world rotations ``(B, J, 3, 3)`` and posed joints ``(B, J, 3)``
+        (no translation) from local rotations ``(B, J, 3, 3)`` and rest joints ``(B, J, 3)``
+        (also used by the LM solver's closed-form Jacobian, :mod:`fitkit.fitting.lm`).
 
         The joints are kept in level order (root, then each level of the tree), so each level
         finds its parents with one index into what the levels above have made: a few tensor

@@ -223,7 +223,7 @@ def body_jacobian(body: BodyModel, params: Mapping[str, Tensor], vertex_ids: Ten
         body.dtype).reshape(batch, joints, 3)
     rotation = axis_angle_to_matrix(axis_angle)  # (B, J, 3, 3)
     rest = skin.joint_template + torch.einsum("jcs,bs->bjc", skin.joint_shapedirs, betas)
-    world, position = skin._chain(rotation, rest)  # (B, J, 3, 3), (B, J, 3)
+    world, position = skin.chain(rotation, rest)  # (B, J, 3, 3), (B, J, 3)
     below = _descendants(skin.parents, rotation.device, rotation.dtype)  # (J, J): j over k
     weights = skin.weights[vertex_ids]  # (K, J)
     shaped = skin.v_template[vertex_ids] + torch.einsum(

@@ -107,6 +107,28 @@ def size_type(configs: Mapping[str, Any]) -> Callable[[str], Any]:
     return size
 
 
+def restore_training(state: dict[str, Any] | None, net: Any,
+                     optimizer: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Put a resumed run's saved training state back: the network's weights, the optimizer's
+    state and torch's global random state (the dropout masks' generator).
+
+    Args:
+        state: the checkpoint's contents (``model``, ``training``), or ``None`` for a fresh run.
+        net: the network (``torch.nn.Module``); optimizer: its optimizer.
+    Returns:
+        The steps done and the validation history (0 and ``[]`` for a fresh run).
+    """
+    if state is None:
+        return 0, []
+    import torch
+
+    training = state["training"]
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(training["optimizer"])
+    torch.set_rng_state(training["rng"])
+    return training["step"], list(training["history"])
+
+
 def read_resume_state(out: str | os.PathLike, kind: str, settings: dict[str, Any],
                       config: Any, steps: int) -> tuple[dict[str, Any], Any]:
     """The checkpoint a network trainer resumes from, checked against the run's settings.

@@ -81,6 +81,7 @@ from fitkit.train import (
     check_positive,
     output_lock,
     register_command,
+    restore_training,
     settings_mismatch,
     size_type,
 )
@@ -543,13 +544,7 @@ def train_flow(
                 raise CheckpointError(f"{init_path}: field 'model' does not fit the saved config "
                                       f"({error})") from error
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-        start, history = 0, []
-        if state is not None:
-            training = state["training"]
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(training["optimizer"])
-            torch.set_rng_state(training["rng"])
-            start, history = training["step"], list(training["history"])
+        start, history = restore_training(state, net, optimizer)
 
         needs_world = synthetic_count(batch_size, data_mix) > 0 or (
             val_size > 0 and validation_samples is None)

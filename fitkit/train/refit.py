@@ -56,6 +56,7 @@ from fitkit.train import (
     output_lock,
     read_resume_state,
     register_command,
+    restore_training,
     size_type,
 )
 from fitkit.train.flow import SCHEDULES, VALIDATION_START, learning_rate
@@ -370,13 +371,7 @@ def train_refit(
         body = body.to(device)
         net = ReFit(config).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-        start, history = 0, []
-        if state is not None:
-            training = state["training"]
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(training["optimizer"])
-            torch.set_rng_state(training["rng"])
-            start, history = training["step"], list(training["history"])
+        start, history = restore_training(state, net, optimizer)
 
         maker = ReFitBatchMaker(body.cpu(), config.image_size, augment)
         training = maker if samples is None else FolderReFitBatchMaker(
