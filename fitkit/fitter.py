@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from fitkit.body import BodyModel, BodyOutput, load_body
-from fitkit.fitting import FitBatch, FitResult, SMPLify, Solver, to_device
+from fitkit.fitting import FitBatch, FitResult, SampleGroup, SMPLify, Solver, to_device
+from fitkit.fitting.groups import kept_groups
 from fitkit.fitting.multistart import MultiStart
 from fitkit.fitting.refit_solver import ReFitSolver
 from fitkit.fitting.settings import (
@@ -272,7 +273,9 @@ class Fitter:
                 arrays) instead of ``displacements`` predicts them with the displacement
                 network, with ``texture`` (see :meth:`predict_flow`) and optionally ``usable``
                 ``(B,)`` bool (samples without a usable image get no targets and are flagged
-                ``no_data``); ``prior_context`` ``(B, C)`` conditions a conditional prior.
+                ``no_data``); ``prior_context`` ``(B, C)`` conditions a conditional prior;
+                ``groups``, samples that share parameters (:class:`~fitkit.fitting.SampleGroup`;
+                a sample left out of the fit leaves its group).
         Raises:
             FitInputError: a missing input or batch sizes that disagree.
         """
@@ -280,6 +283,7 @@ class Fitter:
         texture = inputs.pop("texture", None)
         usable = inputs.pop("usable", None)
         prior_context = inputs.pop("prior_context", None)
+        groups = tuple(inputs.pop("groups", None) or ())
         keywords = self.keywords
         unknown = sorted(set(inputs) - set(keywords.values()))
         if unknown:
@@ -304,7 +308,7 @@ class Fitter:
         fitted = np.array([not message for message in errors])
         extra = {"images": images, "usable": usable, "prior_context": prior_context}
         if fitted.all():
-            return self._solve(init, camera, observed, texture, **extra)
+            return self._solve(init, camera, observed, texture, groups=groups, **extra)
         rows = np.flatnonzero(fitted)
         result = None
         if len(rows):
@@ -315,13 +319,15 @@ class Fitter:
                 camera[torch.as_tensor(rows, device=camera.device)],
                 {key: take_rows(value, rows) for key, value in observed.items()},
                 texture,
+                groups=kept_groups(groups, rows),
                 **{key: take_rows(value, rows) for key, value in extra.items()},
             )
         return self._with_unfitted(result, fitted, init, camera, errors)
 
     def _solve(self, init: Mapping[str, Any], camera: Camera, observed: Mapping[str, Any],
                texture: str | Tensor | None, images: list[np.ndarray] | None = None,
-               usable: Any = None, prior_context: Any = None) -> FitResult:
+               usable: Any = None, prior_context: Any = None,
+               groups: tuple[SampleGroup, ...] = ()) -> FitResult:
         """Fit checked inputs: the data terms' observations by keyword (``observed``), the
         predicted terms from ``images`` (:meth:`fit`)."""
         camera = camera.to(self.device, self.body.dtype)
@@ -332,7 +338,7 @@ class Fitter:
                         for name in keywords if keywords[name] in observed}
         if prior_context is not None:
             prior_context = to_device(prior_context, **like)
-        batch = FitBatch(observations, camera, params, images=images,
+        batch = FitBatch(observations, camera, params, images=images, groups=groups,
                          prior_context=prior_context)
         if self.learned or len(observations) == len(self.terms):
             solver = self.solver if "global_orient" in params else self.scratch_solver

@@ -17,6 +17,7 @@ rather than the T-pose of the rest pose), ``betas`` and ``transl`` as the solver
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -80,13 +81,18 @@ class MultiStart:
 
     def solve(self, batch: FitBatch) -> FitResult:
         """Fit ``batch``: samples without an initial ``global_orient`` from every start, the
-        others (and batches with sample groups) as the wrapped solver fits them.
+        others as the wrapped solver fits them. A batch with sample groups runs its starts one
+        after the other (its observations may link rows, so it is not tiled); the views of a
+        ``shares="all"`` group start from one world orientation, the start's turn in its
+        first view.
 
         Returns:
             A :class:`FitResult` of B rows; ``timings["starts"]`` is the number of starts.
         """
-        if "global_orient" in batch.init or batch.groups:
+        if "global_orient" in batch.init:
             return self.solver.solve(batch)
+        if batch.groups:
+            return self._solve_grouped(batch)
         count, starts = batch.batch_size, len(self.turns)
         rows = np.tile(np.arange(count), starts)  # start-major: row h * B + b
         index = torch.as_tensor(rows, device=batch.camera.device)
@@ -104,17 +110,72 @@ class MultiStart:
             images=None if batch.images is None else [batch.images[row] for row in rows],
             prior_context=take_rows(batch.prior_context, rows),
         )
-        result = self.solver.solve(expanded)
-        energy = result.energy.reshape(starts, count)
-        failed = (result.flags["nan"] | result.flags["diverged"]).reshape(starts, count)
-        ranked = torch.where(failed | ~energy.isfinite(), torch.inf, energy)
-        best = ranked.argmin(dim=0)
-        all_failed = ~ranked.isfinite().any(dim=0)
-        best = torch.where(all_failed, energy.nan_to_num(torch.inf).argmin(dim=0), best)
-        chosen = best * count + torch.arange(count, device=best.device)
-        picked = take_result(result, chosen)
-        picked.timings["starts"] = float(starts)
-        return picked
+        return _best_start(self.solver.solve(expanded), starts, count)
+
+    def _solve_grouped(self, batch: FitBatch) -> FitResult:
+        """The starts of a batch with groups, one solve each, the best per sample kept."""
+        count, camera = batch.batch_size, batch.camera
+        like = {"device": camera.device, "dtype": camera.focal_length.dtype}
+        reference = torch.arange(count, device=camera.device)  # the view a start is turned in
+        for group in batch.groups:
+            if group.shares == "all":
+                reference[list(group.indices)] = group.indices[0]
+        relative = None
+        if camera.has_extrinsics and camera.R is not None:  # view b's rotation from its reference
+            R = camera.R.to(like["dtype"])
+            relative = R @ R[reference].transpose(-1, -2)
+        init = dict(batch.init)
+        if "body_pose" not in init and self.body_pose is not None:
+            init["body_pose"] = self.body_pose.to(**like).expand(count, -1).clone()
+        results = []
+        for orientation in turned_orientations(self.turns, **like):
+            start = axis_angle_to_matrix(orientation).expand(count, 3, 3)
+            if relative is not None:
+                start = relative @ start
+            init["global_orient"] = matrix_to_axis_angle(start)
+            results.append(self.solver.solve(dataclasses.replace(batch, init=dict(init))))
+        return _best_start(concatenate_results(results), len(self.turns), count)
+
+
+def _best_start(result: FitResult, starts: int, count: int) -> FitResult:
+    """Per sample, the start of the lowest energy (a failed start only when all failed) from
+    a result of ``starts * count`` start-major rows."""
+    energy = result.energy.reshape(starts, count)
+    failed = (result.flags["nan"] | result.flags["diverged"]).reshape(starts, count)
+    ranked = torch.where(failed | ~energy.isfinite(), torch.inf, energy)
+    best = ranked.argmin(dim=0)
+    all_failed = ~ranked.isfinite().any(dim=0)
+    best = torch.where(all_failed, energy.nan_to_num(torch.inf).argmin(dim=0), best)
+    chosen = best * count + torch.arange(count, device=best.device)
+    picked = take_result(result, chosen)
+    picked.timings["starts"] = float(starts)
+    return picked
+
+
+def concatenate_results(results: Sequence[FitResult]) -> FitResult:
+    """The rows of several results of the same solver, one after the other."""
+    first = results[0]
+
+    def cat(values: list[Any]) -> Any:
+        if isinstance(values[0], Mapping):
+            return {key: cat([value[key] for value in values]) for key in values[0]}
+        if isinstance(values[0], list):
+            return [cat([value[i] for value in values]) for i in range(len(values[0]))]
+        return torch.cat(values)
+
+    return FitResult(
+        params=cat([r.params for r in results]),
+        vertices=cat([r.vertices for r in results]),
+        joints=cat([r.joints for r in results]),
+        energy=cat([r.energy for r in results]),
+        terms=cat([r.terms for r in results]),
+        stages=cat([r.stages for r in results]),
+        flags=cat([r.flags for r in results]),
+        timings={key: sum(r.timings.get(key, 0.0) for r in results) for key in first.timings},
+        errors=[error for r in results for error in r.errors],
+        faces=first.faces,
+        measures=cat([r.measures for r in results]),
+    )
 
 
 def take_result(result: FitResult, rows: Tensor) -> FitResult:

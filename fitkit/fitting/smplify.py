@@ -25,10 +25,11 @@ hold axis-angle ``body_pose``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +37,7 @@ from torch import Tensor
 from fitkit.body import BodyModel, BodyOutput
 from fitkit.body.model import PARAM_SIZES
 from fitkit.fitting.config import FitConfig, StageConfig, preset
+from fitkit.fitting.groups import GroupLayout, pool_rows
 from fitkit.fitting.lm import (
     check_residual_forms,
     has_structured_jacobian,
@@ -46,7 +48,7 @@ from fitkit.fitting.lm import (
 )
 from fitkit.fitting.plausibility import measure_plausibility, plausibility_flags
 from fitkit.fitting.result import FitResult
-from fitkit.fitting.solver import FitBatch, build_terms
+from fitkit.fitting.solver import FitBatch, SampleGroup, build_terms
 from fitkit.geometry import Camera
 from fitkit.priors import LatentPosePrior, PosePrior, bending_energy, shape_energy
 from fitkit.terms import TERMS, DataTerm
@@ -118,11 +120,13 @@ def pose_space(prior: PosePrior | None, context: Tensor | None = None) -> PoseSp
 
 
 class _Tracker:
-    """Per-sample bookkeeping of one stage: best iterate, failure detection, freezing.
+    """Per-unit bookkeeping of one stage (a unit: a sample, or a group of samples that share
+    parameters, :mod:`fitkit.fitting.groups`): best iterate, failure detection, freezing.
 
-    Attributes (all ``(B,)``): ``active`` (not frozen), ``nan``, ``diverged`` (flags raised in
-    this stage), ``improved`` (moved off its start), ``best_energy``; ``best_terms`` and
-    ``best`` hold the energies by term and the free variables at the best iterate.
+    Attributes (all ``(U,)``): ``active`` (not frozen), ``nan``, ``diverged`` (flags raised in
+    this stage), ``improved`` (moved off its start), ``best_energy``; ``best_terms`` (``(B,)``
+    per sample) and ``best`` (rows of the free variables) hold the energies by term and the free
+    variables at the best iterate.
     """
 
     def __init__(
@@ -132,7 +136,9 @@ class _Tracker:
         start_terms: dict[str, Tensor],
         free: dict[str, Tensor],
         factor: float,
+        layout: GroupLayout,
     ) -> None:
+        self.layout = layout
         self.active = active & start.isfinite()
         self.nan = active & ~start.isfinite()
         self.diverged = torch.zeros_like(active)
@@ -145,13 +151,15 @@ class _Tracker:
     def update(
         self, total: Tensor, terms: dict[str, Tensor], free: dict[str, Tensor], with_grad: bool
     ) -> None:
-        """Record an evaluation of the free variables ``free`` (energies ``total`` (B,)); with
-        ``with_grad``, check their gradients and zero those of frozen samples."""
+        """Record an evaluation of the free variables ``free`` (energies ``total`` (U,), terms
+        (B,) per sample); with ``with_grad``, check their gradients and zero those of frozen
+        units."""
+        layout = self.layout
         total = total.detach()
         finite = total.isfinite()
         if with_grad:
-            for value in free.values():
-                finite = finite & value.grad.isfinite().all(dim=-1)
+            for name, value in free.items():
+                finite = finite & ~layout.rows_any(name, ~value.grad.isfinite().all(dim=-1))
         nan = self.active & ~finite
         diverged = self.active & finite & (total > self.limit)
         self.nan = self.nan | nan
@@ -160,18 +168,23 @@ class _Tracker:
         better = self.active & (total < self.best_energy)
         self.improved = self.improved | better
         self.best_energy = torch.where(better, total, self.best_energy)
+        better_samples = layout.sample_mask(better)
         for name, value in terms.items():
-            self.best_terms[name] = torch.where(better, value.detach(), self.best_terms[name])
+            self.best_terms[name] = torch.where(better_samples, value.detach(),
+                                                self.best_terms[name])
         for name, value in free.items():
-            self.best[name] = torch.where(better[:, None], value.detach(), self.best[name])
+            better_rows = layout.row_mask(name, better)
+            self.best[name] = torch.where(better_rows[:, None], value.detach(), self.best[name])
             if with_grad:
-                value.grad = torch.where(self.active[:, None], value.grad, 0.0)
+                active = layout.row_mask(name, self.active)
+                value.grad = torch.where(active[:, None], value.grad, 0.0)
 
     @torch.no_grad()
     def reset_frozen(self, free: dict[str, Tensor]) -> None:
         """Put frozen samples back on their best iterate."""
         for name, value in free.items():
-            value.copy_(torch.where(self.active[:, None], value, self.best[name]))
+            active = self.layout.row_mask(name, self.active)
+            value.copy_(torch.where(active[:, None], value, self.best[name]))
 
 
 class SMPLify:
@@ -214,55 +227,81 @@ class SMPLify:
         camera: Camera,
         init: Mapping[str, Tensor] | None = None,
         prior_context: Tensor | None = None,
+        groups: Sequence[SampleGroup] = (),
     ) -> FitResult:
         """Fit the body to the data terms.
 
         Args:
             terms: the data terms (batch B), by name (a single term goes by its registered name).
-            camera: the cameras of the observations (batch B).
+            camera: the cameras of the observations (batch B). With extrinsics (``R``, ``t``:
+                calibrated views), the body lives in the world frame: the fitted parameters,
+                vertices and joints are world-frame, each view's term sees the body through its
+                camera.
             init: initial ``global_orient`` (B, 3), ``body_pose`` (B, 69), ``betas`` (B, 10),
-                ``transl`` (B, 3), any subset. Missing ones start at an upright body facing the
-                camera (``global_orient = (pi, 0, 0)``), zero pose and shape, and a translation
-                estimated from the data terms (:meth:`DataTerm.estimate_transl`).
-            prior_context: ``(B, C)`` conditioning for a conditional prior.
+                ``transl`` (B, 3), any subset, always per sample in its camera's frame (the
+                views of a group are pooled: rotation averaging in the world frame,
+                :func:`fitkit.fitting.groups.pool_rows`). Missing ones start at an upright body
+                facing the camera (``global_orient = (pi, 0, 0)``), zero pose and shape, and a
+                translation estimated from the data terms (:meth:`DataTerm.estimate_transl`).
+            prior_context: ``(B, C)`` conditioning for a conditional prior (a row shared by
+                several samples takes its first sample's).
+            groups: samples that share parameters (:class:`~fitkit.fitting.SampleGroup`):
+                views of one body, frames of one subject, a known shape. Each group is fitted
+                as one unit (one energy, best iterate, guard), independent of the others; the
+                result keeps B rows, the group's total energy in each of its rows.
         Returns:
             A :class:`FitResult`.
         Raises:
-            ValueError: batch sizes, shapes or devices that disagree.
+            ValueError: batch sizes, shapes or devices that disagree; bad groups; a term that
+                links samples of different groups.
         """
         terms = self._named_terms(terms)
         batch_size = self._check_inputs(terms, camera, init)
         camera = camera.to(dtype=self.body.dtype)
-        space = pose_space(self.prior, prior_context)
-        state = self._initial_state(terms, camera, init or {}, batch_size)
+        layout = GroupLayout.build(groups, batch_size, self.body.device, self.body.dtype,
+                                   world=camera.has_extrinsics)
+        self._check_coupling(terms, layout)
+        views = Camera(camera.focal_length, camera.principal_point, camera.image_size)
+        to_views = camera.to_camera if camera.has_extrinsics else None
+        context = prior_context
+        if context is not None and not layout.trivial:
+            context = context[layout.first_sample("body_pose")]
+        space = pose_space(self.prior, context)
+        state = self._initial_state(terms, views, init or {}, batch_size, layout)
+        state = pool_rows(layout, state, camera, self.body, given=tuple(init or {}))
         anchor_z = state["transl"][:, 2].clone()
-        evaluate = self._evaluator(terms)
+        evaluate = self._evaluator(terms, layout, to_views)
 
-        no_data = ~torch.stack([term.valid for term in terms.values()]).any(dim=0)
+        no_data = ~layout.unit_any(self._has_data(terms))
         active = ~no_data
         flags = {"nan": torch.zeros_like(no_data), "diverged": torch.zeros_like(no_data)}
         stages, timings = [], {}
         fit_start = time.perf_counter()
         for stage in self.config.stages:
             stage_start = time.perf_counter()
-            tracker = self._run_stage(stage, state, space, terms, camera, anchor_z, active,
-                                      evaluate)
+            tracker = self._run_stage(stage, state, space, terms, views, anchor_z, active,
+                                      evaluate, layout)
             active = tracker.active
             flags["nan"] = flags["nan"] | tracker.nan
             flags["diverged"] = flags["diverged"] | tracker.diverged
-            stages.append({"energy": tracker.best_energy, "terms": tracker.best_terms})
+            stages.append({"energy": layout.sample_mask(tracker.best_energy),
+                           "terms": tracker.best_terms})
             self._synchronize()
             timings[stage.name] = time.perf_counter() - stage_start
         timings["total"] = time.perf_counter() - fit_start
 
+        params = {name: layout.expand(name, state[name]).detach() for name in PARAM_SIZES}
         with torch.no_grad():
-            output = self.body(**{name: state[name] for name in PARAM_SIZES})
-        params = {name: state[name].detach() for name in PARAM_SIZES}
+            output = self.body(**params)
         params["focal_length"] = camera.focal_length.detach().clone()
         params["camera_center"] = camera.principal_point.detach().clone()
-        flags["no_data"] = no_data
-        measures = measure_plausibility(params["body_pose"], output, terms, camera)
-        flags |= plausibility_flags(measures)
+        flags = {name: layout.sample_mask(flag) for name, flag in flags.items()}
+        flags["no_data"] = layout.sample_mask(no_data)
+        seen = output if to_views is None else dataclasses.replace(
+            output, vertices=to_views(output.vertices), joints=to_views(output.joints))
+        measures = measure_plausibility(params["body_pose"], seen, terms, views)
+        for name, flag in plausibility_flags(measures).items():
+            flags[name] = layout.body_any(flag)
         return FitResult(
             params=params,
             vertices=output.vertices,
@@ -283,16 +322,13 @@ class SMPLify:
         their observations (with the config's ``term_options``) and :meth:`fit` them.
 
         Raises:
-            ValueError: a batch with sample groups (shared parameters are not fitted yet), or
-                inputs that disagree (see :meth:`fit`).
+            ValueError: inputs that disagree (see :meth:`fit`).
         """
-        if batch.groups:
-            raise ValueError("SMPLify does not fit sample groups (shared parameters) yet")
         camera = batch.camera.to(self.body.device, self.body.dtype)
         start = time.perf_counter()
         terms = build_terms(batch, self.body, self.config.term_options)
         built = time.perf_counter() - start
-        result = self.fit(terms, camera, batch.init, batch.prior_context)
+        result = self.fit(terms, camera, batch.init, batch.prior_context, batch.groups)
         result.timings["data_term"] = built
         return result
 
@@ -306,8 +342,9 @@ class SMPLify:
         anchor_z: Tensor,
         active: Tensor,
         evaluate: Callable[..., BodyOutput],
+        layout: GroupLayout,
     ) -> _Tracker:
-        """Run one stage, update ``state`` to its per-sample best iterate, return its tracker."""
+        """Run one stage, update ``state`` to its per-unit best iterate, return its tracker."""
         stage_terms = {
             name: term.torso() if stage.torso_only else term for name, term in terms.items()
         }
@@ -317,20 +354,33 @@ class SMPLify:
             if space.variable not in state:
                 with torch.no_grad():
                     state[space.variable] = space.encode(state["body_pose"])
+        fixed = None
+        if layout.fixed_betas is not None and "betas" in names:
+            fixed = ~layout.fixed_betas.isnan().any(dim=1)
+            if bool(fixed.all()):  # every shape known: not a free variable
+                names.remove("betas")
+                fixed = None
         free = {name: state[name].detach().clone().requires_grad_(True) for name in names}
         if stage.optimizer == "lm":
+            if not layout.trivial or layout.world:
+                raise ValueError(
+                    "optimizer 'lm' fits samples on their own: sample groups and cameras with "
+                    "extrinsics need 'adam' or 'lbfgs'")
             tracker = self._run_lm(stage, state, free, space, stage_terms, camera, anchor_z,
-                                   active, evaluate)
+                                   active, evaluate, layout)
             state.update(tracker.best)
             return tracker
 
         def objective() -> tuple[Tensor, dict[str, Tensor]]:
             values = {**state, **free}
-            return self._energy(stage, values, space, stage_terms, camera, anchor_z, evaluate)
+            total, energies = self._energy(stage, values, space, stage_terms, camera, anchor_z,
+                                           evaluate, layout)
+            return layout.unit_sum(total), energies
 
         with torch.no_grad():
             start, start_terms = objective()
-        tracker = _Tracker(active, start, start_terms, free, self.config.divergence_factor)
+        tracker = _Tracker(active, start, start_terms, free, self.config.divergence_factor,
+                           layout)
         optimizer = self._optimizer(stage, list(free.values()))
 
         def closure() -> Tensor:
@@ -341,6 +391,8 @@ class SMPLify:
             )
             for value, grad in zip(free.values(), grads, strict=True):
                 value.grad = grad
+            if fixed is not None:  # known shapes stay put (Adam moves nothing with zero grads)
+                free["betas"].grad = torch.where(fixed[:, None], 0.0, free["betas"].grad)
             tracker.update(total, energies, free, with_grad=True)
             return loss.detach()
 
@@ -359,9 +411,8 @@ class SMPLify:
             # be the pose for a lossy latent such as VPoser's).
             with torch.no_grad():
                 decoded = space.decode(state[space.variable])
-            state["body_pose"] = torch.where(
-                tracker.improved[:, None], decoded, state["body_pose"]
-            )
+            improved = layout.row_mask("body_pose", tracker.improved)
+            state["body_pose"] = torch.where(improved[:, None], decoded, state["body_pose"])
         return tracker
 
     def _run_lm(
@@ -375,6 +426,7 @@ class SMPLify:
         anchor_z: Tensor,
         active: Tensor,
         evaluate: Callable[..., BodyOutput],
+        layout: GroupLayout,
     ) -> _Tracker:
         """One stage of per-sample Levenberg-Marquardt (:mod:`fitkit.fitting.lm`) over the
         residual forms of the stage's terms; ``free`` ends on each sample's best iterate.
@@ -391,7 +443,8 @@ class SMPLify:
                                    space.prior, self.config.term_weights, anchor_z, irls)
 
         def make_tracker(start: Tensor, start_terms: dict[str, Tensor]) -> _Tracker:
-            return _Tracker(active, start, start_terms, free, self.config.divergence_factor)
+            return _Tracker(active, start, start_terms, free, self.config.divergence_factor,
+                            layout)
 
         jacobian_at = None
         if has_structured_jacobian(terms, space.prior):
@@ -414,8 +467,11 @@ class SMPLify:
         camera: Camera,
         anchor_z: Tensor,
         evaluate: Callable[..., BodyOutput],
+        layout: GroupLayout,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The stage's objective: ``(B,)`` total and its ``(B,)`` weighted terms by name."""
+        """The stage's objective: ``(B,)`` total and its ``(B,)`` weighted terms by name, per
+        sample (``values`` hold parameter rows, :class:`GroupLayout`; a prior on a shared row
+        is spread over its samples, so a unit's sum counts it once)."""
         pose_free = "body_pose" in stage.optimize
         body_pose = space.decode(values[space.variable]) if pose_free else values["body_pose"]
         output: BodyOutput = evaluate(
@@ -424,6 +480,7 @@ class SMPLify:
             betas=values["betas"],
             transl=values["transl"],
         )
+        spread = layout.spread
         energies: dict[str, Tensor] = {}
         for name, term in terms.items():
             weight = stage.data_weight * self.config.term_weights.get(name, 1.0)
@@ -434,31 +491,49 @@ class SMPLify:
                 prior = space.free_energy(values[space.variable], body_pose)
             else:
                 prior = space.pose_energy(body_pose)
-            energies["pose_prior"] = stage.pose_prior_weight**2 * prior
+            energies["pose_prior"] = stage.pose_prior_weight**2 * spread("body_pose", prior)
         if stage.shape_prior_weight:
-            energies["shape_prior"] = stage.shape_prior_weight**2 * shape_energy(values["betas"])
+            energies["shape_prior"] = stage.shape_prior_weight**2 * spread(
+                "betas", shape_energy(values["betas"]))
         if stage.bending_weight:
-            energies["bending"] = stage.bending_weight**2 * bending_energy(body_pose)
+            energies["bending"] = stage.bending_weight**2 * spread(
+                "body_pose", bending_energy(body_pose))
         if stage.depth_weight:
             depth_error = (values["transl"][:, 2] - anchor_z).square()
-            energies["depth"] = stage.depth_weight**2 * depth_error
+            energies["depth"] = stage.depth_weight**2 * spread("transl", depth_error)
         if not energies:  # every weight of the stage is zero: nothing to minimize
-            return values["transl"].new_zeros(values["transl"].shape[0]), energies
+            return values["transl"].new_zeros(layout.batch_size), energies
         total = torch.stack(list(energies.values())).sum(dim=0)
         return total, energies
 
-    def _evaluator(self, terms: dict[str, DataTerm]) -> Callable[..., BodyOutput]:
+    def _evaluator(
+        self, terms: dict[str, DataTerm], layout: GroupLayout | None = None,
+        to_views: Callable[[Tensor], Tensor] | None = None,
+    ) -> Callable[..., BodyOutput]:
         """The body evaluation of the iteration loop (``evaluation``): for ``"sparse"``, the
-        union of the vertices the terms read (all when one of them needs all)."""
-        if self.evaluation == "full":
-            return self.body
-        needed = [term.body_vertices(self.body) for term in terms.values()]
-        if any(ids is None for ids in needed):
-            return self.body
-        ids = torch.unique(torch.cat([ids.to(self.body.device) for ids in needed]))
-        if len(ids) > self.SPARSE_FRACTION * self.body.num_vertices:
-            return self.body
-        return functools.partial(self.body, vertex_ids=ids)
+        union of the vertices the terms read (all when one of them needs all). With a
+        non-trivial ``layout`` it takes parameter rows and returns every sample's body; with
+        ``to_views`` (world bodies), each sample's body in its camera's frame."""
+        body: Callable[..., BodyOutput] = self.body
+        if self.evaluation == "sparse":
+            needed = [term.body_vertices(self.body) for term in terms.values()]
+            if not any(ids is None for ids in needed):
+                ids = torch.unique(torch.cat([ids.to(self.body.device) for ids in needed]))
+                if len(ids) <= self.SPARSE_FRACTION * self.body.num_vertices:
+                    body = functools.partial(self.body, vertex_ids=ids)
+        if (layout is None or layout.trivial) and to_views is None:
+            return body
+
+        def evaluate(**rows: Tensor) -> BodyOutput:
+            if layout is not None:
+                rows = {name: layout.expand(name, value) for name, value in rows.items()}
+            output = body(**rows)
+            if to_views is None:
+                return output
+            return dataclasses.replace(output, vertices=to_views(output.vertices),
+                                       joints=to_views(output.joints))
+
+        return evaluate
 
     @staticmethod
     def _optimizer(stage: StageConfig, params: list[Tensor]) -> torch.optim.Optimizer:
@@ -470,6 +545,36 @@ class SMPLify:
                 line_search_fn="strong_wolfe",
             )
         return torch.optim.Adam(params, lr=stage.lr)
+
+    @staticmethod
+    def _has_data(terms: Mapping[str, DataTerm]) -> Tensor:
+        """``(B,)`` bool: samples with a usable observation of a term that observes them (terms
+        that only link samples, :attr:`DataTerm.links_samples`, do not count)."""
+        observing = [term.valid for term in terms.values() if not term.links_samples]
+        if not observing:
+            raise ValueError("SMPLify.fit needs at least one data term that observes the "
+                             f"samples (terms: {', '.join(terms)})")
+        return torch.stack(observing).any(dim=0)
+
+    @staticmethod
+    def _check_coupling(terms: Mapping[str, DataTerm], layout: GroupLayout) -> None:
+        """Refuse a term that links samples of different units (they would not be
+        independent).
+
+        Raises:
+            ValueError: the term and a pair of linked samples in different units.
+        """
+        for name, term in terms.items():
+            if not term.links_samples:
+                continue
+            first, second = term.linked_pairs()
+            apart = layout.unit[first] != layout.unit[second]
+            if bool(apart.any()):
+                where = int(torch.nonzero(apart)[0])
+                raise ValueError(
+                    f"data term {name!r} links samples {int(first[where])} and "
+                    f"{int(second[where])}, which are not in one sample group; put the frames "
+                    "of a sequence in one SampleGroup")
 
     def _named_terms(self, terms: DataTerm | Mapping[str, DataTerm]) -> dict[str, DataTerm]:
         if isinstance(terms, DataTerm):
@@ -514,14 +619,19 @@ class SMPLify:
         camera: Camera,
         init: Mapping[str, Tensor],
         batch_size: int,
+        layout: GroupLayout | None = None,
     ) -> dict[str, Tensor]:
-        """Initial parameters (``init`` where given), with an estimated translation if needed."""
+        """Initial parameters per sample, camera frame (``init`` where given; known shapes of
+        ``layout``), with an estimated translation if needed."""
         like = {"device": self.body.device, "dtype": self.body.dtype}
         state = {
             name: torch.zeros(batch_size, size, **like) for name, size in PARAM_SIZES.items()
         }
         state["global_orient"][:, 0] = math.pi
         state.update({name: value.detach().to(**like).clone() for name, value in init.items()})
+        if layout is not None and layout.fixed_betas is not None:
+            known = layout.expand("betas", layout.fixed_betas)
+            state["betas"] = torch.where(known.isnan(), state["betas"], known)
         if "transl" in init:
             return state
         with torch.no_grad():

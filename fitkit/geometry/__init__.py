@@ -14,6 +14,11 @@ from fitkit.geometry.crop import (
     crop_to_pixels,
     pixels_to_crop,
 )
+from fitkit.geometry.frames import (
+    average_world_params,
+    camera_to_world_params,
+    world_to_camera_params,
+)
 from fitkit.geometry.fullframe import (
     full_frame_adjusted_projection,
     full_frame_to_weak_perspective,
@@ -34,8 +39,10 @@ __all__ = [
     "Camera",
     "ProcrustesAlignment",
     "average_rotations",
+    "average_world_params",
     "axis_angle_to_matrix",
     "axis_angle_to_rot6d",
+    "camera_to_world_params",
     "crop_boxes",
     "crop_camera",
     "crop_images",
@@ -52,4 +59,5 @@ __all__ = [
     "rot6d_to_axis_angle",
     "rot6d_to_matrix",
     "weak_perspective_to_full_frame",
+    "world_to_camera_params",
 ]

@@ -84,6 +84,16 @@ class DataTerm:
     valid: Tensor
     keyword: ClassVar[str | None] = None
     dataset_pattern: ClassVar[str | None] = None
+    links_samples: ClassVar[bool] = False
+    """A term that scores samples against each other (a temporal term) instead of observing
+    them: it does not count as data for :attr:`valid`'s purpose, and the samples it links
+    (:meth:`linked_pairs`) must be in one sample group."""
+
+    def linked_pairs(self) -> tuple[Tensor, Tensor]:
+        """``(P,)`` and ``(P,)`` long: the pairs of batch rows the term links (terms with
+        :attr:`links_samples`; none for others)."""
+        empty = torch.zeros(0, dtype=torch.long, device=self.valid.device)
+        return empty, empty
 
     @classmethod
     def read(cls, value: Any, errors: list[str] | None = None) -> Any:
