@@ -2,7 +2,8 @@
 
 Batched SMPLify with interchangeable pose priors (GMM, VPoser, cNF) and data terms (keypoints,
 DensePose, learned displacements), on an open SMPL-format body that ships with the package.
-``fitkit.fit(images, init=..., data_term=..., prior=...)`` is the one-call entry point.
+``fitkit.fit(images, init=..., data_term=..., prior=...)`` is the one-call entry point;
+``fitkit.regress(images, keypoints=...)`` gives initial parameters from the HMR/SPIN regressor.
 
 Subpackages that ``fit`` does not need (``fitkit.synth``, ``fitkit.train``, ``fitkit.refine``,
 ``fitkit.eval``, ...) are imported on first access, so ``import fitkit`` stays cheap.
@@ -14,6 +15,7 @@ from types import ModuleType
 from fitkit.api import fit
 from fitkit.body import load_body
 from fitkit.fitting import FitResult
+from fitkit.regress import regress as regress  # eager: the name must be the function
 
 __version__ = "0.1.0"
 

@@ -44,7 +44,7 @@ from fitkit.fitter import (
     resolve_prior,
     term_names,
 )
-from fitkit.fitting import FitResult
+from fitkit.fitting import FitResult, SampleGroup
 from fitkit.geometry import Camera
 from fitkit.io.inputs import (
     FitInputError,
@@ -59,6 +59,7 @@ from fitkit.io.inputs import (
 )
 from fitkit.nets import FlowNet
 from fitkit.priors import PosePrior
+from fitkit.regress import regress
 from fitkit.terms import term_class, term_keywords
 from fitkit.terms.keypoints import options_with_format
 
@@ -133,6 +134,10 @@ def fit(
     keypoint_format: str | None = None,
     refit_net: Any = "auto",
     refit_iterations: int | None = None,
+    regress_net: Any = "auto",
+    groups: Sequence[SampleGroup | Sequence[int]] | None = None,
+    betas: Any = None,
+    fix_betas: bool = False,
     **config: Any,
 ) -> FitResult:
     """Fit the body model to a batch of images.
@@ -147,7 +152,10 @@ def fit(
             NLF: :mod:`fitkit.io.adapters`), a dict of arrays or tensors, a
             :class:`FitResult`, or ``None``: from scratch (the ``"scratch"`` preset from four
             global orientations, the best kept: :class:`fitkit.fitting.multistart.MultiStart`;
-            so also when ``init`` lacks ``global_orient``).
+            so also when ``init`` lacks ``global_orient``); or ``"regress"``: from the HMR/SPIN
+            regressor's estimate on the images (:func:`fitkit.regress.regress` with
+            ``regress_net``, its crops around the keypoints when given; a file named
+            ``regress`` is ``"./regress"``).
         data_term: a registered data term (``"keypoints"``, ``"densepose"``, ``"flow"``,
             ``"keypoints3d"``, or one registered from the user's own module with
             :func:`fitkit.terms.register_term`), or several as a list (their energies add up).
@@ -182,6 +190,17 @@ def fit(
             they place the crop and score the result, ``docs/refit.md``): ``"auto"`` (the
             shipped open network), a checkpoint path or a :class:`~fitkit.nets.refit.ReFit`.
         refit_iterations: for ``"refit"``: T, feedback-update steps (default the network's, 5).
+        groups: samples that share parameters (``docs/groups.md``): each a
+            :class:`~fitkit.fitting.SampleGroup` (``shares="all"``: views of one body, with a
+            ``camera`` carrying extrinsics; ``"betas"``: frames or photos of one subject) or a
+            list of batch rows (``shares="betas"``). A video adds ``data_term=[...,
+            "temporal"]`` with ``temporal=previous_frames(sequence_ids)``.
+        betas: a known shape, ``(10,)`` or ``(B, 10)``: the initial ``betas`` (over the
+            init's), or with ``fix_betas`` the shape the fit keeps (known shape; a group takes
+            its first sample's).
+        fix_betas: keep ``betas`` fixed.
+        regress_net: for ``init="regress"``: ``"auto"`` (the shipped open regressor), a
+            regressor checkpoint path or a :class:`~fitkit.nets.regressor.Regressor`.
         config: other data terms' inputs by their keywords (``keypoints3d=...``, a user
             term's own), ``preset`` (``"refine"`` default with an initial ``global_orient``,
             ``"scratch"`` without; ``"spin"``; or a :class:`FitConfig`) and
@@ -240,13 +259,60 @@ def fit(
         inputs["images"] = read_images(images)
     paths = as_paths(images)
     names = [path.stem for path in paths] if paths is not None else None
+    if isinstance(init, str) and init == "regress":
+        if images is None:
+            raise FitInputError("init='regress' regresses from the images; give the images")
+        init = regress(images, keypoints=inputs.get("keypoints"), net=regress_net,
+                       device=device, camera=camera)
     params = read_init(init, sizes, names)
+    groups = _groups(groups, betas, fix_betas, params, len(sizes))
+    if groups:
+        inputs["groups"] = groups
     if prior_context is not None:
         inputs["prior_context"] = prior_context
     loaded = time.perf_counter() - start
     result = fitter(sizes, params, camera, **inputs)
     result.timings["setup"] = loaded
     return result
+
+
+def _groups(groups: Sequence[Any] | None, betas: Any, fix_betas: bool,
+            params: dict[str, np.ndarray], batch: int) -> tuple[SampleGroup, ...]:
+    """The fit's sample groups, with known shapes; ``betas`` also goes into ``params``.
+
+    Raises:
+        FitInputError: ``betas`` not of shape ``(10,)`` or ``(B, 10)``; ``fix_betas`` without
+            ``betas``; a group that is not a SampleGroup or a list of rows.
+    """
+    made = []
+    for number, group in enumerate(groups or ()):
+        if isinstance(group, SampleGroup):
+            made.append(group)
+            continue
+        try:
+            made.append(SampleGroup(tuple(int(index) for index in group), shares="betas"))
+        except (TypeError, ValueError) as error:
+            raise FitInputError(f"groups[{number}]: expected a SampleGroup or a list of batch "
+                                f"rows ({error})") from None
+    if betas is None:
+        if fix_betas:
+            raise FitInputError("fix_betas=True needs betas=... (the known shape)")
+        return tuple(made)
+    known = np.asarray(betas, dtype=np.float64)
+    if known.shape == (10,):
+        known = np.repeat(known[None], batch, axis=0)
+    if known.shape != (batch, 10):
+        raise FitInputError(f"betas must have shape (10,) or ({batch}, 10), got {known.shape}")
+    params["betas"] = known.astype(np.float32)
+    if not fix_betas:
+        return tuple(made)
+    shape = torch.as_tensor(known, dtype=torch.float32)
+    grouped = {index for group in made for index in group.indices}
+    fixed = [SampleGroup(group.indices, group.shares, shape[group.indices[0]])
+             for group in made]
+    fixed += [SampleGroup((row,), "betas", shape[row]) for row in range(batch)
+              if row not in grouped]
+    return tuple(fixed)
 
 
 def _with_keypoint_format(config: dict[str, Any], keypoint_format: str,

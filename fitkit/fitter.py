@@ -47,7 +47,7 @@ from fitkit.io.params import PARAM_SIZES
 from fitkit.nets import CheckpointError, FlowNet
 from fitkit.nets.predict import TEXTURE_MODES, FlowPredictor
 from fitkit.priors import PosePrior
-from fitkit.terms import term_keywords
+from fitkit.terms import term_class, term_keywords
 
 __all__ = [
     "FIT_SETTINGS",
@@ -310,6 +310,7 @@ class Fitter:
         if fitted.all():
             return self._solve(init, camera, observed, texture, groups=groups, **extra)
         rows = np.flatnonzero(fitted)
+        names = {keyword: name for name, keyword in keywords.items()}
         result = None
         if len(rows):
             if isinstance(texture, Tensor) and texture.ndim == 4:
@@ -317,7 +318,8 @@ class Fitter:
             result = self._solve(
                 {key: take_rows(value, rows) for key, value in init.items()},
                 camera[torch.as_tensor(rows, device=camera.device)],
-                {key: take_rows(value, rows) for key, value in observed.items()},
+                {key: term_class(names[key]).renumber_links(take_rows(value, rows), rows)
+                 for key, value in observed.items()},
                 texture,
                 groups=kept_groups(groups, rows),
                 **{key: take_rows(value, rows) for key, value in extra.items()},

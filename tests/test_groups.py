@@ -280,3 +280,29 @@ def test_fit_keeps_a_known_shape_and_takes_groups_as_lists_of_rows(body):
     with pytest.raises(FitInputError, match="fix_betas"):
         fitkit.fit(None, init=init, keypoints=keypoints, camera=camera, body=body,
                    fix_betas=True)
+
+
+def test_fit_takes_per_view_camera_frame_inits_and_renumbers_links_of_dropped_frames(body):
+    """Views behind the world origin have camera-frame inits in front of their cameras: none is
+    refused. A frame with an unusable init leaves its sequence; the others stay linked."""
+    truth = world_truth(1, seed=20)
+    keypoints, per_view, camera = views_of(body, truth, ring_cameras(4), 4)
+    init = {name: value.float().numpy() for name, value in per_view.items()}
+    result = fitkit.fit(None, init=init, keypoints=keypoints.float().numpy(),
+                        camera=camera.to(dtype=torch.float32), body=body, iterations=5,
+                        prior=None, groups=[SampleGroup((0, 1, 2, 3), shares="all")])
+    assert not result.flags["bad_input"].any(), result.errors
+
+    frames = 4
+    truth = {name: value.repeat(frames, 1) for name, value in scene(1, seed=21).items()}
+    single = Camera.from_image_size(1000, 1000, batch_size=frames, dtype=torch.float32)
+    with torch.no_grad():
+        pixels = single.project(body(**truth).keypoints("openpose25").float())
+    frame_keypoints = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1).numpy()
+    init = {name: value.float().numpy() for name, value in truth.items()}
+    init["transl"][1] = np.nan
+    result = fitkit.fit(None, init=init, keypoints=frame_keypoints, camera=single, body=body,
+                        data_term=["keypoints", "temporal"], iterations=5, prior=None,
+                        temporal=previous_frames([0] * frames), groups=[list(range(frames))])
+    assert result.flags["bad_input"].tolist() == [False, True, False, False]
+    assert result.ok[[0, 2, 3]].all()

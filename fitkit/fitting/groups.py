@@ -26,12 +26,12 @@ from fitkit.body import BodyModel
 from fitkit.body.model import PARAM_SIZES
 from fitkit.fitting.solver import SampleGroup
 from fitkit.geometry import Camera
-from fitkit.geometry.frames import average_world_params, camera_to_world_params
-from fitkit.geometry.rotations import (
-    average_rotations,
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
+from fitkit.geometry.frames import (
+    average_world_params,
+    camera_to_world_params,
+    mean_rotations,
 )
+from fitkit.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 
 @dataclass
@@ -86,9 +86,13 @@ class GroupLayout:
                     raise ValueError(f"sample {index} is in sample groups {owner[index]} and "
                                      f"{number}; a sample belongs to one group at most")
                 owner[index] = number
-            if group.betas is not None and tuple(group.betas.shape) != (PARAM_SIZES["betas"],):
-                raise ValueError(f"sample group {number}: betas must have shape (10,), got "
-                                 f"{tuple(group.betas.shape)}")
+            if group.betas is not None:
+                known = torch.as_tensor(group.betas)
+                if tuple(known.shape) != (PARAM_SIZES["betas"],):
+                    raise ValueError(f"sample group {number}: betas must have shape (10,), "
+                                     f"got {tuple(known.shape)}")
+                if not bool(known.isfinite().all()):
+                    raise ValueError(f"sample group {number}: betas must be finite")
 
         def assign(key: list[object]) -> list[int]:
             """Row numbers: samples with the same key share a row (first seen, first row)."""
@@ -121,7 +125,8 @@ class GroupLayout:
                                device=device)
             for group in groups:
                 if group.betas is not None:
-                    fixed[index["betas"][group.indices[0]]] = group.betas.to(fixed)
+                    fixed[index["betas"][group.indices[0]]] = torch.as_tensor(
+                        group.betas).to(fixed)
         trivial = fixed is None and all(n == batch_size for n in rows.values())
         return cls(batch_size, index, rows, unit_tensor, len(set(unit)), row_unit, share,
                    fixed, trivial, world)
@@ -199,16 +204,10 @@ def rest_root(body: BodyModel, betas: Tensor) -> Tensor:
 
 
 def _mean_rotations(axis_angle: Tensor, index: Tensor, rows: int) -> Tensor:
-    """Chordal means of ``(B, K*3)`` axis-angles over the samples of each row -> ``(rows,
-    K*3)``; a row of one sample keeps it exactly."""
-    batch = axis_angle.shape[0]
-    joints = axis_angle.reshape(batch, -1, 3)
-    weights = torch.zeros(rows, batch, dtype=axis_angle.dtype, device=axis_angle.device)
-    weights[index, torch.arange(batch, device=index.device)] = 1.0
-    matrices = axis_angle_to_matrix(joints).transpose(0, 1)  # (K, B, 3, 3)
-    mean = average_rotations(matrices[None].expand(rows, -1, -1, -1, -1),
-                             weights[:, None].expand(-1, joints.shape[1], -1))
-    return matrix_to_axis_angle(mean).reshape(rows, -1)
+    """Per-joint chordal means of ``(B, K*3)`` axis-angles over the samples of each row ->
+    ``(rows, K*3)``."""
+    joints = axis_angle_to_matrix(axis_angle.reshape(axis_angle.shape[0], -1, 3))
+    return matrix_to_axis_angle(mean_rotations(joints, index, rows)).reshape(rows, -1)
 
 
 def pool_rows(
@@ -233,6 +232,9 @@ def pool_rows(
         ``(rows, D)`` per parameter name.
     """
     state = dict(state)
+    if layout.fixed_betas is not None:  # the known shapes place the root joint
+        known = layout.expand("betas", layout.fixed_betas).to(state["betas"])
+        state["betas"] = torch.where(known.isnan(), state["betas"], known)
     if camera.has_extrinsics:
         identity = torch.eye(3, dtype=state["transl"].dtype, device=state["transl"].device)
         R = identity.expand(layout.batch_size, 3, 3) if camera.R is None else camera.R

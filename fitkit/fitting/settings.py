@@ -206,8 +206,8 @@ def sample_problems(
         for row in np.flatnonzero(np.isfinite(focal).all(axis=1) & ~(focal > 0).all(axis=1)):
             problems[row].append(f"{source} focal_length {format_row(focal[row])} must be > 0")
     if "transl" in values:
-        transl = torch.as_tensor(values["transl"], dtype=torch.float64)
-        depth = camera.to_camera(transl[:, None])[:, 0, 2].numpy()
+        # init rows are camera-frame estimates, also for cameras with extrinsics
+        depth = np.asarray(values["transl"], dtype=np.float64)[:, 2]
         for row in np.flatnonzero(np.isfinite(depth) & (depth <= 0)):
             problems[row].append(f"init transl {format_row(values['transl'][row])} puts the body "
                                  f"at or behind the camera (depth {depth[row]:.4g} m, needs > 0)")

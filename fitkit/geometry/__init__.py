@@ -17,6 +17,7 @@ from fitkit.geometry.crop import (
 from fitkit.geometry.frames import (
     average_world_params,
     camera_to_world_params,
+    mean_rotations,
     world_to_camera_params,
 )
 from fitkit.geometry.fullframe import (
@@ -53,6 +54,7 @@ __all__ = [
     "full_frame_to_weak_perspective",
     "matrix_to_axis_angle",
     "matrix_to_rot6d",
+    "mean_rotations",
     "pixels_to_crop",
     "points_to_views",
     "procrustes_align",

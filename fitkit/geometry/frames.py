@@ -68,9 +68,23 @@ def average_world_params(
         ``(G, 3)`` orientations (chordal mean, exact for identical rotations) and ``(G, 3)``
         mean translations.
     """
-    weights = torch.zeros(count, index.shape[0], dtype=transl.dtype, device=transl.device)
-    weights[index, torch.arange(index.shape[0], device=index.device)] = 1.0
     matrices = axis_angle_to_matrix(global_orient)
-    mean = average_rotations(matrices.expand(count, -1, -1, -1), weights)
-    transl_mean = (weights @ transl) / weights.sum(dim=1, keepdim=True)
-    return matrix_to_axis_angle(mean), transl_mean
+    mean = mean_rotations(matrices, index, count)
+    sums = transl.new_zeros(count, 3).index_add_(0, index, transl)
+    counts = torch.bincount(index, minlength=count).to(transl)
+    return matrix_to_axis_angle(mean), sums / counts[:, None]
+
+
+def mean_rotations(matrices: Tensor, index: Tensor, count: int) -> Tensor:
+    """Chordal means of the rotations of each of ``count`` sets.
+
+    Args:
+        matrices: ``(B, ..., 3, 3)`` rotations.
+        index: ``(B,)`` long, the set of each rotation in ``[0, count)``; every set non-empty.
+    Returns:
+        ``(count, ..., 3, 3)``: per set, the rotation nearest (Frobenius) to the mean matrix
+        (:func:`~fitkit.geometry.rotations.average_rotations`); a set's mean reads only its own
+        rotations (a non-finite one spoils its set alone).
+    """
+    sums = matrices.new_zeros(count, *matrices.shape[1:]).index_add_(0, index, matrices)
+    return average_rotations(sums[..., None, :, :])

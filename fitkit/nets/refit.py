@@ -41,6 +41,7 @@ checkpoint's ReFit head). The backbone here is fitkit's own multi-branch convolu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,11 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 """Channel deviations (ImageNet) the crops are divided by."""
 MEAN_CAMERA = (0.8, 0.0, 0.0)
 """Weak-perspective camera of the mean estimate: a 1.7 m person filling 70% of the box."""
+
+Constraint = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+"""A map of estimates ``(pose6d (B, 24, 6), betas (B, 10), camera (B, 3)) -> same shapes``
+that :meth:`ReFit.forward` applies to every estimate of its loop (e.g. one body pooled over the
+views of a group, a known shape put in place of the predicted one)."""
 
 
 @dataclass(frozen=True)
@@ -515,6 +521,7 @@ class ReFit(nn.Module):
         body: nn.Module,
         iterations: int | None = None,
         init: dict[str, Tensor] | None = None,
+        constrain: Constraint | None = None,
     ) -> list[ReFitEstimate]:
         """Run the feedback-update loop.
 
@@ -526,6 +533,9 @@ class ReFit(nn.Module):
             init: start from these parameters instead of the network's own guess
                 (``global_orient`` (B, 3), ``body_pose`` (B, 69), ``betas`` (B, 10),
                 ``transl`` (B, 3) with ``transl_z > 0``; missing ones come from the guess).
+            constrain: applied to ``Θ_0`` and to every updated ``Θ_{t+1}`` before the body is
+                posed with it (:data:`Constraint`): multi-view pooling, a known shape
+                (:mod:`fitkit.fitting.refit_solver`); ``None``: the plain loop.
         Returns:
             T + 1 estimates ``Θ_0 ... Θ_T`` (``Θ_0``: the initial guess or ``init``); the loop
             detaches each estimate before updating it, so gradients reach every update but do
@@ -537,6 +547,8 @@ class ReFit(nn.Module):
         pose6d, betas, camera = self.initial_estimate(vector, info)
         if init:
             pose6d, betas, camera = self._from_params(init, crop, pose6d, betas, camera)
+        if constrain is not None:
+            pose6d, betas, camera = constrain(pose6d, betas, camera)
         current = self.estimate(pose6d, betas, camera, crop, body)
         estimates = [current]
         keep = self.dropout_mask(images.shape[0], images.device)
@@ -550,8 +562,10 @@ class ReFit(nn.Module):
             x = torch.cat([feedback, info, pose6d.flatten(1), betas, camera], dim=-1)
             hidden = self.update.gru(x, hidden)
             d_pose, d_betas, d_camera = self.update.decode(hidden, info)
-            current = self.estimate(pose6d + d_pose, betas + d_betas, camera + d_camera, crop,
-                                    body)
+            pose6d, betas, camera = pose6d + d_pose, betas + d_betas, camera + d_camera
+            if constrain is not None:
+                pose6d, betas, camera = constrain(pose6d, betas, camera)
+            current = self.estimate(pose6d, betas, camera, crop, body)
             estimates.append(current)
         return estimates
 

@@ -39,6 +39,11 @@ data terms would ignore, or a device this machine lacks stop with one line namin
 field (or option) and exit code 2; a failure of the machine (disk full, permission denied) with
 one line and exit code 1 (:func:`fitkit.io.runs.run_command`), leaving only complete files.
 
+A multi-view folder (``cameras.npz``, ``views/K/``) is fitted one world body per subject from
+all its views (``--view K``: one view alone, as ``views/K``); a sequences folder
+(``sequences.npz``) with one shape per sequence and the temporal term (``--no-groups``: frame by
+frame); :mod:`fitkit.refine.folders` says how.
+
 Data terms come from the registry (:mod:`fitkit.terms`); ``--import MODULE`` imports a user's
 module first, so a term it registers can be named in ``--data-term``.
 """

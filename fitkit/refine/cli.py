@@ -23,7 +23,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Refine the initial estimates (init.npz) of a dataset folder with SMPLify.",
     )
     parser.add_argument("--input", required=True, help="dataset folder (init.npz, images/, "
-                        "each data term's files, optional gt.npz)")
+                        "each data term's files, optional gt.npz); a multi-view folder "
+                        "(cameras.npz, views/K/) is fitted one world body per subject, a "
+                        "sequences folder (sequences.npz) with a shared shape per sequence and "
+                        "the temporal term")
+    parser.add_argument("--view", type=non_negative_int, metavar="K",
+                        help="multi-view folder: refine view K alone, as the single-view folder "
+                        "views/K (rows named by subject)")
+    parser.add_argument("--no-groups", dest="groups", action="store_false",
+                        help="sequences folder: fit every frame on its own (no shared shape, no "
+                        "temporal term)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--prior", default="gmm",
                         help="pose prior: gmm (default), vposer, cnf, or a prior file/folder")
@@ -52,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "ReFit checkpoint path")
     parser.add_argument("--refit-iterations", type=non_negative_int, metavar="T",
                         help="--data-term refit: feedback-update steps (default the network's)")
+    parser.add_argument("--init", choices=("regress",),
+                        help="initial estimates of a folder without init.npz: regress (the "
+                        "HMR/SPIN regressor on each image, cropped around its keypoints); "
+                        "default: init.npz when the folder has one, else from scratch")
+    parser.add_argument("--regress-net",
+                        help="--init regress: auto (default, the shipped open regressor) or a "
+                        "regressor checkpoint path")
     parser.add_argument("--flow-rounds", type=positive_int, metavar="R",
                         help="predicted flow: R rounds of predicting from the latest fit and "
                         "fitting (default 1)")
@@ -89,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if args.regress_net is not None and args.init != "regress":
+        parser.error("--regress-net is used only with --init regress")
     return run_command(parser.prog, lambda: _refine(args),
                        interrupted=f"finished batches are kept in {args.output}; run the same "
                        "command with --resume to continue")
@@ -101,6 +119,8 @@ def _refine(args: argparse.Namespace) -> int:
             importlib.import_module(module)
         except ImportError as error:
             raise RefineError(f"--import {module}: {error}") from None
+    regress_init = ({"init": args.init, "regress_net": args.regress_net or "auto"}
+                    if args.init == "regress" else {})
     summary = refine_dataset(
         args.input, args.output, prior=args.prior, data_term=args.data_term, flow=args.flow,
         flow_net=args.flow_net, texture=args.texture, flow_rounds=args.flow_rounds,
@@ -109,7 +129,8 @@ def _refine(args: argparse.Namespace) -> int:
         limit=args.limit, body=args.body, progress=not args.quiet, shard=args.shard,
         iterations=args.iterations, lr=args.lr, optimizer=args.optimizer,
         keypoint_format=args.keypoint_format, refit_net=args.refit_net,
-        refit_iterations=args.refit_iterations,
+        refit_iterations=args.refit_iterations, view=args.view, groups=args.groups,
+        **regress_init,
     )
     print_summary(summary)
     return 0

@@ -14,18 +14,23 @@ from fitkit.fitter import PREDICTED_TERMS, Fitter
 from fitkit.fitting import FitResult
 from fitkit.geometry import Camera
 from fitkit.io.dataset import Dataset
-from fitkit.io.inputs import FitInputError, image_sizes, read_images
+from fitkit.io.inputs import FitInputError, image_sizes, read_images, read_keypoints
 from fitkit.io.params import PARAM_SIZES
 from fitkit.nets.predict import TEXTURE_MODES
+from fitkit.nets.regressor import Regressor
+from fitkit.regress import regress
 
 
 def batch_inputs(
     dataset: Dataset, names: list[str], fitter: Fitter, errors: list[str],
-    flow: str | None = None, texture: str | None = None,
+    flow: str | None = None, texture: str | None = None, regressor: Regressor | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """Sizes, initial parameters and every data term's input of one batch, read through the
     terms' own readers from their ``dataset_pattern`` files; per-sample problems go to
-    ``errors`` and blank that sample's observations."""
+    ``errors`` and blank that sample's observations. With ``regressor`` (``--init regress``, a
+    folder without ``init.npz``) the initial parameters are regressed (:func:`regressed_init`).
+    Terms that link samples (the temporal term) read no files: their input comes from the
+    folder's layout (:mod:`fitkit.refine.folders`)."""
     init = dataset.rows(names)
     sizes = image_sizes([dataset.image_path(name) for name in names], errors)
     if "camera_center" in init:  # an unreadable image: its size from its camera
@@ -36,12 +41,16 @@ def batch_inputs(
     inputs: dict[str, Any] = {}
     for name, keyword in fitter.keywords.items():
         cls = terms.term_class(name)
+        if cls.links_samples:
+            continue
         if name == "flow" and flow == "exact":
             inputs[keyword] = exact_displacements(fitter, init, dataset.rows(names, "gt"), sizes)
         elif name in PREDICTED_TERMS and cls.dataset_pattern is None:
             inputs |= predicted_inputs(dataset, names, fitter, errors, texture)
         else:
             inputs[keyword] = cls.read(dataset.files(cls.dataset_pattern, names), errors)
+    if regressor is not None:
+        init = regressed_init(dataset, names, fitter, regressor, errors, inputs.get("keypoints"))
     bad = np.array([bool(message) for message in errors])
     for name, keyword in fitter.keywords.items():
         if keyword in inputs:
@@ -49,6 +58,30 @@ def batch_inputs(
     if "images" in inputs:  # images to predict from: the bad ones get no targets
         inputs["usable"] = ~bad
     return sizes, init, inputs
+
+
+def regressed_init(
+    dataset: Dataset, names: list[str], fitter: Fitter, regressor: Regressor,
+    errors: list[str], keypoints: Any = None,
+) -> dict[str, np.ndarray]:
+    """Initial parameters of one batch from the regressor (:func:`fitkit.regress.regress` on
+    ``images/NAME.*``, default cameras): crops around the keypoints (the batch's keypoints input,
+    else ``keypoints/NAME_keypoints.json`` when every image has one), else the whole image. An
+    unreadable image is regressed blank and its message goes to ``errors``.
+
+    Returns:
+        ``global_orient``, ``body_pose``, ``betas``, ``transl``, ``focal_length``,
+        ``camera_center``, ``(B, ...)`` float32.
+    """
+    images = predicted_inputs(dataset, names, fitter, errors)["images"]
+    if keypoints is None:
+        files = dataset.files(terms.term_class("keypoints").dataset_pattern, names)
+        if all(path.is_file() for path in files):
+            keypoints = read_keypoints(files, [""] * len(names))  # unreadable: whole image
+    estimate = regress(images, keypoints=keypoints, net=regressor, device=fitter.device)
+    arrays = estimate.as_arrays()
+    del arrays["image_names"]
+    return arrays
 
 
 def predicted_inputs(

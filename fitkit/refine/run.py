@@ -17,13 +17,14 @@ from tqdm import tqdm
 
 from fitkit import terms
 from fitkit.fitter import LEARNED_SOLVERS, PREDICTED_TERMS, Fitter, learned_solver, term_names
-from fitkit.io.dataset import Dataset, DatasetError, open_dataset
+from fitkit.io.dataset import Dataset, DatasetError
 from fitkit.io.inputs import FitInputError
 from fitkit.io.params import write_params
 from fitkit.io.runs import RunError, RunStore, Shard, check_device, file_digest, write_json
 from fitkit.nets.predict import TEXTURE_MODES
-from fitkit.refine.inputs import batch_inputs, part_arrays, predicted_inputs
+from fitkit.refine.folders import FolderRows, MultiViewRows, open_rows
 from fitkit.refine.report import compute_metrics, merge_parts, write_overlays
+from fitkit.regress import load_regressor, regressor_path
 from fitkit.terms.keypoints import options_with_format
 
 FLOW_SOURCES = ("predicted", "exact")
@@ -110,6 +111,10 @@ def refine_dataset(
     keypoint_format: str | None = None,
     refit_net: str | None = None,
     refit_iterations: int | None = None,
+    view: int | None = None,
+    groups: bool = True,
+    init: str | None = None,
+    regress_net: str | None = None,
     **overrides: Any,
 ) -> RefineSummary:
     """Refine a dataset folder (the package docstring says what is read and written).
@@ -146,6 +151,15 @@ def refine_dataset(
         keypoint_format: the format of ``keypoints/NAME_keypoints.json`` (``coco17``, ...;
             ``None``: the one the files name, else by their count), set in the keypoints term's
             options over the preset's.
+        view: refine view ``view`` of a multi-view folder alone, as the single-view folder
+            ``views/VIEW`` it is (the same run as ``input=INPUT/views/VIEW``).
+        groups: fit the folder's groups (:mod:`fitkit.refine.folders`): a multi-view folder's
+            subjects as one world body each, a sequences folder's frames with a shared shape
+            and the temporal term; ``False`` fits a sequences folder's frames one by one.
+        init: ``"regress"``: a folder without ``init.npz`` starts from the regressor's estimates
+            (:func:`fitkit.refine.inputs.regressed_init`) with the network ``regress_net``
+            (``"auto"``: the shipped open regressor, or a checkpoint path); ``None``:
+            ``init.npz``, else from scratch.
 
     The run's settings (``settings.json``, compared on resume) hold the content digests of
     ``init.npz``, ``gt.npz``, the body file and the prior or network paths, so a resume
@@ -188,13 +202,26 @@ def refine_dataset(
     except ValueError as error:
         raise RefineError(f"--device: {error}") from None
     try:
-        dataset = open_dataset(input, limit)
+        rows = open_rows(input, limit, view, groups)
+        names = rows.data_terms(names, learned=learned is not None)
     except DatasetError as error:
         raise RefineError(str(error)) from None
+    dataset = rows.dataset
+    if init == "regress":
+        if dataset.init:
+            raise RefineError(f"--init regress: {dataset.root / 'init.npz'} exists and would be "
+                              "ignored; drop --init regress to refine it")
+        try:
+            rows.read_options["regressor"] = load_regressor(regress_net or "auto")
+        except (FileNotFoundError, ValueError) as error:
+            raise RefineError(f"--regress-net: {error}") from None
+    elif init is not None:
+        raise RefineError(f"unknown --init {init!r}; known: regress")
     if flow == "exact" and dataset.gt is None:
-        raise RefineError(f"--flow exact needs {Path(input) / 'gt.npz'}, which does not exist")
+        raise RefineError(f"--flow exact needs {dataset.root / 'gt.npz'}, which does not exist")
     unread = [name for name in names if name not in (*PREDICTED_TERMS, *LEARNED_SOLVERS)
-              and terms.term_class(name).dataset_pattern is None]
+              and terms.term_class(name).dataset_pattern is None
+              and not terms.term_class(name).links_samples]
     if unread:
         raise RefineError(f"data term(s) {', '.join(unread)} have no files in dataset folders "
                           "(no dataset_pattern)")
@@ -220,15 +247,20 @@ def refine_dataset(
 
     output = Path(output)
     data_term_setting = names[0] if len(names) == 1 else ",".join(names)
-    settings = {"input": str(Path(input).resolve()), "prior": str(prior),
+    settings = {"input": str(rows.root.resolve()), "prior": str(prior),
                 "data_term": data_term_setting, "flow": flow,
-                "preset": preset or ("refine" if "global_orient" in dataset.init else "scratch"),
+                "preset": preset or ("refine" if "global_orient" in dataset.init
+                                     or init == "regress" else "scratch"),
+                **({"init": init, "regress_net": str(regress_net or "auto"),
+                    "regress_net_digest": file_digest(regressor_path(regress_net or "auto"))}
+                   if init == "regress" else {}),
                 "body": str(body),
                 **({"flow_net": str(flow_net), "texture": str(texture),
                     "flow_rounds": flow_rounds} if flow == "predicted" else {}),
                 **({"refit_net": str(refit_net or "auto"), "refit_iterations": refit_iterations}
                    if learned else {}),
-                "overrides": overrides, **input_digests(dataset, fitter, prior, flow_net)}
+                "overrides": overrides, **input_digests(dataset, fitter, prior, flow_net),
+                **rows.settings()}
     writer = RunStore.SOLE_WRITER if shard.count == 1 else f"shard-{shard.index}-{shard.count}"
     try:
         store = RunStore(output, settings, OUTPUTS, resume=resume, overwrite=overwrite,
@@ -236,7 +268,7 @@ def refine_dataset(
     except RunError as error:
         raise RefineError(str(error)) from None
     with store:
-        return _run(store, dataset, fitter, shard, flow, texture, batch_size, overlays,
+        return _run(store, rows, fitter, shard, flow, texture, batch_size, overlays,
                     progress, started)
 
 
@@ -279,33 +311,26 @@ def input_digests(dataset: Dataset, fitter: Fitter, prior: str, flow_net: str
     return digests
 
 
-def _run(store: RunStore, dataset: Dataset, fitter: Fitter, shard: Shard, flow: str | None,
-         texture: str | None, batch_size: int, overlays: int, progress: bool,
+def _run(store: RunStore, rows: FolderRows | MultiViewRows, fitter: Fitter, shard: Shard,
+         flow: str | None, texture: str | None, batch_size: int, overlays: int, progress: bool,
          started: float) -> RefineSummary:
     """Fit this worker's batches that are not done into ``store``; write the results when
     every row is done (:func:`refine_dataset`)."""
     for message in store.remove_damaged_parts():
         print(f"fitkit.refine: warning: {message}; its rows are refined again", file=sys.stderr)
-    count = len(dataset.names)
-    batches = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    count = len(rows.names)
+    batches = rows.batches(batch_size)
     mine = [batch for k, batch in enumerate(batches) if shard.owns(k)]
     todo = [batch for batch in mine if not _covered(store, *batch)]
     with tqdm(total=sum(b - a for a, b in mine), initial=sum(b - a for a, b in mine)
               - sum(b - a for a, b in todo), unit="img", disable=not progress,
               desc="fitkit.refine" + (f" {shard}" if shard.count > 1 else "")) as bar:
         for start, stop in todo:
-            batch_names = dataset.names[start:stop]
-            errors = [""] * len(batch_names)
             try:
-                sizes, init, inputs = batch_inputs(dataset, batch_names, fitter, errors, flow,
-                                                   texture)
-                if fitter.learned:  # ReFit reads the pixels
-                    inputs["images"] = predicted_inputs(dataset, batch_names, fitter,
-                                                        errors)["images"]
-                result = fitter(sizes, init, **inputs)
+                arrays = rows.fit(fitter, start, stop, flow, texture)
             except ValueError as error:  # FitInputError, or a body that lacks what a term needs
                 raise RefineError(str(error)) from None
-            store.write_part(start, stop, part_arrays(batch_names, result, errors))
+            store.write_part(start, stop, arrays)
             bar.update(stop - start)
 
     output = store.root
@@ -320,7 +345,7 @@ def _run(store: RunStore, dataset: Dataset, fitter: Fitter, shard: Shard, flow: 
     if summary.rows_done == count:
         with store.lock("results") as held:
             if held:
-                _write_results(store, fitter, dataset, overlays, summary)
+                _write_results(store, fitter, rows, overlays, summary)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -343,16 +368,16 @@ def _rows_done(store: RunStore, count: int) -> int:
     return int(done.sum())
 
 
-def _write_results(store: RunStore, fitter: Fitter, dataset: Dataset,
+def _write_results(store: RunStore, fitter: Fitter, rows: FolderRows | MultiViewRows,
                    overlays: int, summary: RefineSummary) -> None:
     """Merge the parts into ``results.npz``, compute ``metrics.json``, draw the overlays."""
-    parts = [store.read_part(*rows) for rows in store.parts()]
-    results = merge_parts(parts, dataset.names)
+    parts = [store.read_part(*part) for part in store.parts()]
+    results = merge_parts(parts, rows.names)
     write_params(summary.results, results)
-    metrics = compute_metrics(fitter.body, dataset, results)
+    metrics = compute_metrics(fitter.body, rows.report(fitter.body), results)
     metrics |= {key: store.settings[key] for key in ("prior", "data_term", "preset", "overrides")}
     write_json(summary.metrics, metrics)
     summary.metrics_values = metrics
-    summary.overlays = write_overlays(fitter.body, dataset, results, store.root / "overlays",
-                                      overlays)
+    summary.overlays = write_overlays(fitter.body, *rows.overlay_inputs(fitter.body, results),
+                                      store.root / "overlays", overlays)
     summary.finished = True

@@ -95,15 +95,19 @@ def settings_document(seed: int, body: str, config: SynthConfig,
     }, allow_nan=False))
 
 
-def _prepare(out: Path, settings: dict) -> None:
+def prepare_folder(out: Path, settings: dict, samples: bool = True) -> None:
     """Create the folders, remove temporary files an interrupted run left behind, and check
     that an existing run used the same settings (call it holding the writer lock).
 
+    Args:
+        samples: create the per-sample folders too (else only ``records/``: the top folder of
+            a multi-view dataset).
     Raises:
         SynthError: a run with other settings, unreadable settings.
         OSError: a folder the machine cannot write.
     """
-    folders = [out / sub for sub in ("images", "keypoints", "densepose", "textures", "records")]
+    subs = ("images", "keypoints", "densepose", "textures") if samples else ()
+    folders = [out / sub for sub in (*subs, "records")]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out, *folders)
@@ -125,9 +129,15 @@ def _prepare(out: Path, settings: dict) -> None:
         atomic_write(path, json_bytes(settings))
 
 
-def write_sample(out: Path, batch: SampleBatch, row: int) -> None:
-    """Write the files of sample ``row`` of ``batch``, its record last."""
-    name = sample_name(batch.indices[row])
+def write_sample(out: Path, batch: SampleBatch, row: int, name: str | None = None,
+                 extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write the files of sample ``row`` of ``batch``, its record last.
+
+    Args:
+        name: the sample's file stem (default :func:`sample_name` of its index).
+        extra: more arrays for its record (a view's extrinsics, its subject's world body).
+    """
+    name = sample_name(batch.indices[row]) if name is None else name
     images, keypoints, densepose, texture, record = sample_files(out, name)
     atomic_write(images, png_bytes(batch.images[row].numpy()))
     atomic_write(keypoints, lambda path: write_openpose(path, batch.keypoints[row].numpy()))
@@ -138,22 +148,29 @@ def write_sample(out: Path, batch: SampleBatch, row: int) -> None:
     arrays |= {f"init_{k}": batch.init[k][row].numpy() for k in PARAM_KEYS}
     arrays |= {"focal_length": batch.focal_length[row].numpy(),
                "camera_center": batch.camera_center[row].numpy(),
-               "distance": batch.distance[row].numpy()}
+               "distance": batch.distance[row].numpy()} | (extra or {})
     atomic_write(record, npz_bytes({k: v.astype(np.float32) for k, v in arrays.items()}))
 
 
-def is_complete(out: Path, index: int) -> bool:
-    """Whether all files of sample ``index`` exist."""
-    return all(path.exists() for path in sample_files(out, sample_name(index)))
+def is_complete(out: Path, index: int | str) -> bool:
+    """Whether all files of sample ``index`` (or of the sample named so) exist."""
+    name = index if isinstance(index, str) else sample_name(index)
+    return all(path.exists() for path in sample_files(out, name))
 
 
-def _finish(out: Path, num: int, settings: dict) -> None:
-    """Write ``gt.npz``, ``init.npz`` and ``meta.json`` from the per-sample records."""
-    names = [sample_name(i) for i in range(num)]
+def read_records(out: Path, names: list[str]) -> list[dict[str, np.ndarray]]:
+    """The per-sample records ``records/NAME.npz`` of ``names``."""
     records = []
     for name in names:
         with np.load(out / "records" / f"{name}.npz") as record:
             records.append(dict(record))
+    return records
+
+
+def finish_folder(out: Path, names: list[str], settings: dict) -> None:
+    """Write ``gt.npz``, ``init.npz`` and ``meta.json`` of the samples ``names`` from their
+    records."""
+    records = read_records(out, names)
     for prefix in ("gt", "init"):
         arrays = {"image_names": np.array(names)}
         arrays |= {k: np.stack([r[f"{prefix}_{k}"] for r in records]) for k in PARAM_KEYS}
@@ -161,7 +178,7 @@ def _finish(out: Path, num: int, settings: dict) -> None:
         path = out / f"{prefix}.npz"
         atomic_write(path, npz_bytes(validate_params(arrays, path)))
     meta = dict(settings) | {
-        "num": num,
+        "num": len(names),
         "size": settings["config"]["size"],
         "keypoint_noise": settings["config"]["keypoint_noise"],
         "samples": [{"name": n, "focal_length": round(float(r["focal_length"][0]), 3),
@@ -169,6 +186,21 @@ def _finish(out: Path, num: int, settings: dict) -> None:
                     for n, r in zip(names, records, strict=True)],
     }
     atomic_write(out / "meta.json", json_bytes(meta))
+
+
+def open_world(body: str, config: SynthConfig) -> tuple[SynthWorld, str | None]:
+    """The synthetic world of a body model and the body file's content digest (``None`` for
+    a body that is not one file).
+
+    Raises:
+        SynthError: the body model cannot be loaded or lacks UVs or DensePose labels.
+    """
+    try:
+        model = load_body(body)
+        world = SynthWorld(model, config)
+    except (FileNotFoundError, ValueError) as error:
+        raise SynthError(f"cannot use the body model {body!r}: {error}") from None
+    return world, file_digest(model.source) if Path(model.source).is_file() else None
 
 
 def generate_dataset(
@@ -208,15 +240,10 @@ def generate_dataset(
         raise ValueError(f"num must be positive, got {num}")
     config = config or SynthConfig()
     out = Path(out)
-    try:
-        model = load_body(body)
-        world = SynthWorld(model, config)
-    except (FileNotFoundError, ValueError) as error:
-        raise SynthError(f"cannot use the body model {body!r}: {error}") from None
-    digest = file_digest(model.source) if Path(model.source).is_file() else None
+    world, digest = open_world(body, config)
     settings = settings_document(seed, body, config, digest)
     with writer_lock(out / "records" / "writer.lock", f"dataset folder {out}"):
-        _prepare(out, settings)
+        prepare_folder(out, settings)
         _generate(out, num, seed, world, settings, progress)
     return out
 
@@ -241,4 +268,4 @@ def _generate(out: Path, num: int, seed: int, world: SynthWorld, settings: dict,
                         bar.update(1)
     finally:
         torch.set_num_threads(threads)
-    _finish(out, num, settings)
+    finish_folder(out, [sample_name(i) for i in range(num)], settings)

@@ -133,3 +133,41 @@ def place_bodies(
     target = low + (high - low) * draws[:, 2:4] - principal_point
     shift = (target - 0.5 * (box_lo + box_hi)) * depth[:, None] / focal_length[:, None]
     return centred + torch.cat([shift, torch.zeros_like(depth[:, None])], dim=1)
+
+
+def axis_rotations(axis: int, angle: Tensor) -> Tensor:
+    """Rotations by ``angle`` radians about coordinate axis ``axis`` (0 = x, 1 = y, 2 = z).
+
+    Args:
+        angle: ``(...)`` radians.
+    Returns:
+        ``(..., 3, 3)`` rotation matrices.
+    """
+    rotvec = torch.zeros(*angle.shape, 3, dtype=angle.dtype)
+    rotvec[..., axis] = angle
+    return axis_angle_to_matrix(rotvec)
+
+
+def upright_orientation(yaw: Tensor) -> Tensor:
+    """A body standing upright in a y-down frame, turned by ``yaw`` about its vertical axis
+    (at yaw 0 it faces the frame's -z, a camera looking along +z):
+    ``R_x(π) R_y(yaw)``, the orientation of :func:`sample_global_orient` before the camera tilt.
+
+    Args:
+        yaw: ``(...)`` radians.
+    Returns:
+        ``(..., 3, 3)`` body -> frame rotations.
+    """
+    return axis_rotations(0, torch.full_like(yaw, math.pi)) @ axis_rotations(1, yaw)
+
+
+def camera_tilt(pitch: Tensor, roll: Tensor) -> Tensor:
+    """A camera's tilt: roll about its z axis after pitch about its x axis, ``R_z(roll)
+    R_x(pitch)`` (as :func:`sample_global_orient` applies them).
+
+    Args:
+        pitch, roll: ``(...)`` radians.
+    Returns:
+        ``(..., 3, 3)`` rotations.
+    """
+    return axis_rotations(2, roll) @ axis_rotations(0, pitch)

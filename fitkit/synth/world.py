@@ -57,15 +57,16 @@ class SampleBatch:
     distance: Tensor
 
 
-def _stack(draws: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+def stack_draws(draws: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Per-sample dicts of tensors -> one dict of batched tensors."""
     return {key: torch.stack([d[key] for d in draws]) for key in draws[0]}
 
 
-def sample_generator(seed: int, index: int) -> torch.Generator:
+def sample_generator(seed: int, index: int, *keys: int) -> torch.Generator:
     """The generator of sample ``index`` of a dataset made with ``seed`` (independent streams
-    through NumPy's ``SeedSequence``)."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    through NumPy's ``SeedSequence``); ``keys`` name further streams of the same sample (a view
+    of a multi-view subject, a frame of a sequence)."""
+    state = np.random.SeedSequence([seed, index, *keys]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -109,10 +110,8 @@ class SynthWorld:
         cfg = self.config
         size = cfg.size
         draws = [self._draw(sample_generator(seed, i)) for i in indices]
-        stack = _stack([{k: v for k, v in d.items() if k not in ("keypoints", "init")}
+        stack = stack_draws([{k: v for k, v in d.items() if k not in ("keypoints", "init")}
                         for d in draws])
-        kp_noise = _stack([d["keypoints"] for d in draws])
-        init_noise = _stack([d["init"] for d in draws])
         batch = len(indices)
 
         gt = {"global_orient": stack["global_orient"], "body_pose": stack["body_pose"],
@@ -122,11 +121,43 @@ class SynthWorld:
         camera = Camera.from_image_size(size, size, batch, focal_length=focal)
         gt["transl"] = scene.place_bodies(centred.vertices, focal, camera.principal_point,
                                           (size, size), stack["placement"], cfg.scene)
+        distance = gt["transl"][:, 2] + 0.5 * (centred.vertices[..., 2].amin(1)
+                                               + centred.vertices[..., 2].amax(1))
+        return self.render(indices, gt, camera, stack, stack_draws([d["keypoints"] for d in draws]),
+                           stack_draws([d["init"] for d in draws]), centred.joints[:, 0], distance)
+
+    @torch.no_grad()
+    def render(
+        self, indices: list, gt: dict[str, Tensor], camera: Camera, looks: dict[str, Tensor],
+        keypoint_noise: dict[str, Tensor], init_noise: dict[str, Tensor], root: Tensor,
+        distance: Tensor,
+    ) -> SampleBatch:
+        """Render and annotate B placed bodies: the shaded image, DensePose IUV, keypoints and
+        the perturbed initial estimate (what :meth:`generate` does once the bodies are placed;
+        the multi-view and sequence makers call it per view or per chunk of frames).
+
+        Args:
+            indices: B labels of the samples (kept in the batch).
+            gt: camera-frame parameters ``global_orient`` (B, 3), ``body_pose`` (B, 69),
+                ``betas`` (B, 10), ``transl`` (B, 3).
+            camera: the B cameras (no extrinsics), image ``config.size`` square.
+            looks: ``texture`` (B, 3, S, S) in [0, 1], ``background`` (B, 3, H, W), ``light``
+                (B, 9) uniforms, ``sensor`` (B, 3, H, W) normals.
+            keypoint_noise: batched :func:`fitkit.synth.annotate.draw_keypoint_noise` draws.
+            init_noise: batched :func:`fitkit.synth.init.draw_init_noise` draws.
+            root: ``(B, 3)`` the rest root joint of each body (its ``betas``).
+            distance: ``(B,)`` depth of each person's bounding-box centre, meters.
+        Returns:
+            a :class:`SampleBatch` of B samples.
+        """
+        cfg = self.config
+        size = cfg.size
+        batch = len(indices)
         output = self.body(**gt)
         vertices = output.vertices
         fragments = rasterize(vertices, self.faces, camera, (size, size))
 
-        images = self._shade(vertices, fragments, stack)
+        images = self._shade(vertices, fragments, looks)
         iuv = annotate.densepose_iuv(fragments.face_id, fragments.bary, self.faces, self.dp_I,
                                      self.dp_U, self.dp_V)
 
@@ -139,27 +170,26 @@ class SynthWorld:
             seen = vertex_visibility(fragments, self.faces, vertices.shape[1])
             visible = seen[:, self.neighbours].sum(-1) >= cfg.keypoints.min_visible
             keypoints = annotate.detector_keypoints(keypoint_pixels, visible, person_size, size,
-                                                    size, kp_noise, cfg.keypoints)
+                                                    size, keypoint_noise, cfg.keypoints)
 
         orient, pose, betas = perturb_body(gt["global_orient"], gt["body_pose"], gt["betas"],
                                            init_noise, cfg.init)
         init = {"global_orient": orient, "body_pose": pose, "betas": betas,
                 "transl": torch.zeros(batch, 3)}
         root_init = self.body(**init).joints[:, 0]
-        init["transl"] = perturb_transl(gt["transl"], centred.joints[:, 0], root_init, focal,
+        init["transl"] = perturb_transl(gt["transl"], root, root_init, camera.focal_length[:, 0],
                                         person_size, init_noise, cfg.init)
         return SampleBatch(
             indices=list(indices),
             images=images,
             iuv=iuv,
-            textures=(stack["texture"].permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8),
+            textures=(looks["texture"].permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8),
             keypoints=keypoints,
             gt=gt,
             init=init,
             focal_length=camera.focal_length,
             camera_center=camera.principal_point,
-            distance=gt["transl"][:, 2] + 0.5 * (centred.vertices[..., 2].amin(1)
-                                                 + centred.vertices[..., 2].amax(1)),
+            distance=distance,
         )
 
     def _draw(self, generator: torch.Generator) -> dict:

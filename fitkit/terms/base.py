@@ -89,6 +89,18 @@ class DataTerm:
     them: it does not count as data for :attr:`valid`'s purpose, and the samples it links
     (:meth:`linked_pairs`) must be in one sample group."""
 
+    @classmethod
+    def renumber_links(cls, observations: Any, rows: np.ndarray) -> Any:
+        """The observations of the sub-batch ``rows`` (already taken row by row from the
+        batch's) with the batch rows they name renumbered into the sub-batch (terms with
+        :attr:`links_samples`; others return them as they are).
+
+        Args:
+            observations: what :meth:`read` returned, rows ``rows`` of it.
+            rows: ``(N,)`` the sub-batch's rows in the batch, increasing.
+        """
+        return observations
+
     def linked_pairs(self) -> tuple[Tensor, Tensor]:
         """``(P,)`` and ``(P,)`` long: the pairs of batch rows the term links (terms with
         :attr:`links_samples`; none for others)."""

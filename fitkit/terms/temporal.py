@@ -106,6 +106,17 @@ class TemporalTerm(DataTerm):
                                 f"previous frame (-1 for none), got {array.dtype} {array.shape}")
         return {"previous": array.astype(np.int64)}
 
+    @classmethod
+    def renumber_links(cls, observations: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Previous frames renumbered into the sub-batch ``rows``; a previous frame left out
+        makes its frame a first frame (-1)."""
+        previous = np.asarray(observations["previous"], dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        position = np.full(int(max(rows.max(initial=-1), previous.max(initial=-1))) + 2, -1,
+                           dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        return {**observations, "previous": np.where(previous >= 0, position[previous], -1)}
+
     def linked_pairs(self) -> tuple[Tensor, Tensor]:
         rows = torch.nonzero(self.valid).squeeze(1)
         return rows, self.previous[rows]
