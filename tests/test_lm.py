@@ -17,6 +17,7 @@ from test_fitting import (
     subset,
 )
 
+import fitkit.fitting.smplify
 from fitkit.fitting import FitConfig, SMPLify, StageConfig, preset, zip_stages
 from fitkit.fitting.lm import (
     body_jacobian,
@@ -261,3 +262,39 @@ def test_a_term_with_only_residuals_fits_as_the_structured_path_does(body, camer
     for name in PARAMS:
         torch.testing.assert_close(generic.params[name], structured.params[name])
     torch.testing.assert_close(generic.energy, structured.energy)
+
+
+def test_lm_iteration_loop_never_reads_a_tensor_on_the_host(body, camera, monkeypatch):
+    """As the Adam loop's test (test_fitting.py), around every LM stage's iterations, with the
+    CPU-only early exit switched off (it is the loop's one host read, skipped on a GPU): the
+    structured Jacobian, the damped solves, acceptance and the tracker read nothing."""
+    import inspect
+
+    from test_fitting import HOST_READS
+
+    import fitkit.fitting.lm as lm
+
+    monkeypatch.setattr(lm, "EARLY_EXIT_ON_CPU", False)
+    truth = scene(2, seed=30)
+    term = KeypointsTerm(exact_keypoints(body, truth, camera[:2]))
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    inner = lm.levenberg_marquardt
+    calls = []
+
+    def refuse(tensor, *args, **kwargs):
+        raise AssertionError(f"host read in the LM loop from {inspect.stack()[1].function}")
+
+    def guarded(*args, **kwargs):
+        calls.append(1)
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, refuse)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            for name, original in originals.items():
+                monkeypatch.setattr(torch.Tensor, name, original)
+
+    monkeypatch.setattr(fitkit.fitting.smplify, "levenberg_marquardt", guarded)
+    result = SMPLify(body, simple_gmm(), lm_config(3)).fit(term, camera[:2],
+                                                          init=perturb(truth, seed=31))
+    assert calls and result.ok.all()

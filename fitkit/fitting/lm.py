@@ -74,6 +74,11 @@ MIN_DAMPING, MAX_DAMPING = 1e-9, 1e8
 TOLERANCE = 1e-7
 """Relative energy decrease below which an accepted step ends a sample's iterations."""
 
+EARLY_EXIT_ON_CPU = True
+"""On the CPU, stop a stage's iterations once every sample has converged or is frozen (one host
+read per iteration, free there). On a GPU the loop never reads a tensor on the host and runs
+all its iterations."""
+
 DIAGONAL_FLOOR = 1e-9
 """Marquardt's diagonal is floored at this share of its largest entry (parameters the residuals
 do not see still get damped)."""
@@ -497,7 +502,7 @@ def levenberg_marquardt(
         return tracker
     damping = torch.full_like(energy, INITIAL_DAMPING)
     done = torch.zeros_like(tracker.active)
-    watch = theta.device.type == "cpu"  # a host read per iteration costs nothing there
+    watch = EARLY_EXIT_ON_CPU and theta.device.type == "cpu"
     for _ in range(iterations):
         if jacobian_at is None:
             jac, residual = jacobian(stacked, theta)
