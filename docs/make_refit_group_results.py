@@ -1,7 +1,7 @@
 """Multi-view ReFit and Shape ReFit tables (seed 001 Tables 5 and 4 patterns).
 
     python docs/make_refit_group_results.py --multiview DIR [--single DIR] [--net auto] \\
-        [--subjects-per-batch 25] [--out docs/_refit_group_results.md]
+        [--subjects-per-batch 25] [--out FILE.md]
 
 ``--multiview DIR``: a multi-view folder (``python -m fitkit.synth --views V``: ``gt.npz`` in the
 world frame, ``cameras.npz``, ``views/K/`` with per-view ``init.npz``). Table 5 pattern, every
