@@ -51,12 +51,8 @@ from fitkit.geometry.rotations import (
     rot6d_to_matrix,
 )
 from fitkit.nets.checkpoint import register_network
-from fitkit.nets.refit import IMAGE_MEAN, IMAGE_STD, MEAN_CAMERA
+from fitkit.nets.refit import IMAGE_MEAN, IMAGE_STD, MEAN_CAMERA, NUM_BETAS, NUM_JOINTS
 
-NUM_JOINTS = 24
-"""SMPL joints (global orientation + 23 body joints)."""
-NUM_BETAS = 10
-"""Shape coefficients."""
 POSE_DIM = 6 * NUM_JOINTS
 """Length of the 6D pose vector (144)."""
 NUM_CAMERA = 3
