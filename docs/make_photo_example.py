@@ -1,13 +1,15 @@
-"""The picture of ``docs/photos.md``: one photo fitted three ways, each seen over the photo, from
-the side and from above.
+"""The picture of ``docs/photos.md``: one photo fitted several ways, each seen over the photo,
+from the side and from above.
 
     python docs/make_photo_example.py PHOTO.jpg PHOTO_keypoints.json   # docs/images/photo_fits.png
 
 Rows: *before* (what ``fitkit.fit`` did without an init before the scratch mode: the refine
 preset from the rest pose facing the camera), *default* (``fitkit.fit(photo, keypoints=...)``,
-from scratch) and *+flow* (the default fit refined with the keypoints and the shipped
-displacement network's predicted flow). The photo is drawn downscaled and blurred beyond
-recognition, so that only fitkit's outputs enter the picture. Prints each fit's energy, flags,
+from scratch), *+flow* (the default fit refined with the keypoints and the shipped
+displacement network's predicted flow), *regressor* (the shipped open HMR/SPIN regressor's
+estimate alone, ``fitkit.regress``) and *init=regress* (the default fit from that estimate).
+The photo is drawn downscaled and blurred beyond recognition, so that only fitkit's outputs
+enter the picture. Prints each fit's energy, flags,
 relative 2D error and time.
 """
 
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("keypoints", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/images/photo_fits.png"))
     parser.add_argument("--blur", type=float, default=12.0, help="blur radius (panel pixels)")
+    parser.add_argument("--no-regress", action="store_true",
+                        help="leave out the rows of the shipped regressor")
     args = parser.parse_args()
     body = fitkit.load_body("open")
     photo = Image.open(args.photo).convert("RGB")
@@ -48,6 +52,17 @@ def main() -> None:
     fits["default"] = fitkit.fit(args.photo, keypoints=args.keypoints)
     fits["+flow"] = fitkit.fit(args.photo, keypoints=args.keypoints, init=fits["default"],
                                data_term=["keypoints", "flow"])
+    if not args.no_regress:
+        regressed = fitkit.regress(args.photo, keypoints=args.keypoints)
+        with torch.no_grad():
+            output = body(**{key: regressed.params[key].float() for key in
+                             ("global_orient", "body_pose", "betas", "transl")})
+        fits["regressor"] = fitkit.FitResult(
+            params=regressed.params, vertices=output.vertices, joints=output.joints,
+            energy=torch.full((1,), float("nan")), terms={}, stages=[], flags={},
+            timings=regressed.timings | {"total": sum(regressed.timings.values())},
+            measures={"relative_error": torch.full((1,), float("nan"))})
+        fits["init=regress"] = fitkit.fit(args.photo, keypoints=args.keypoints, init="regress")
     rows = []
     for label, result in fits.items():
         flags = [name for name, flag in result.flags.items() if flag[0]] or "none"

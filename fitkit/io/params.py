@@ -161,7 +161,8 @@ def validate_params(params: Mapping[str, Any], source: str | os.PathLike) -> dic
         if value.dtype.kind not in "fiu":
             raise ParamsFileError(source, key, f"expected numbers, got dtype {value.dtype}")
         result[key] = value.astype(np.float32)
-    for key in params.keys() - result.keys():
+    for key in (key for key in params if key not in result):  # the caller's order: files
+        # written with extra keys are the same bytes in every process
         value = _numpy(params[key])
         if value.ndim == 0 or value.shape[0] != count:
             raise ParamsFileError(

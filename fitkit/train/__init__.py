@@ -23,7 +23,7 @@ from typing import Any
 from fitkit.io.runs import canonical, settings_difference, writer_lock
 
 COMMAND_MODULES: tuple[str, ...] = ("fitkit.train.priors", "fitkit.train.flow",
-                                     "fitkit.train.refit")
+                                     "fitkit.train.refit", "fitkit.train.spin")
 """Modules whose import registers CLI commands."""
 
 
