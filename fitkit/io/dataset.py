@@ -27,6 +27,15 @@ from fitkit.io.inputs import image_sizes
 from fitkit.io.params import CAMERA_KEYS, ParamsFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+CAMERA_FILE = "cameras.npz"
+"""The calibrated cameras of a multi-view folder (``docs/formats.md``)."""
+
+VIEWS_FOLDER = "views"
+"""The folder of a multi-view folder's per-view dataset folders ``views/0``, ``views/1``, ..."""
+
+SEQUENCE_FILE = "sequences.npz"
+"""The sequence and frame of each row of a sequences folder."""
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
 """What an image name may be: a plain file stem (letters, digits, ``_ - .``, not starting with
 a dot)."""

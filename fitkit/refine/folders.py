@@ -38,6 +38,9 @@ from fitkit.fitting.groups import GroupLayout, pool_rows, rest_root
 from fitkit.fitting.settings import take_rows
 from fitkit.geometry import Camera, world_to_camera_params
 from fitkit.io.dataset import (
+    CAMERA_FILE,
+    SEQUENCE_FILE,
+    VIEWS_FOLDER,
     Dataset,
     DatasetError,
     check_names,
@@ -49,15 +52,6 @@ from fitkit.io.params import CAMERA_KEYS, PARAM_SIZES, ParamsFileError
 from fitkit.io.runs import file_digest
 from fitkit.refine.inputs import batch_inputs, part_arrays, predicted_inputs
 from fitkit.terms.temporal import previous_frames
-
-CAMERA_FILE = "cameras.npz"
-"""The calibrated cameras of a multi-view folder."""
-
-VIEWS_FOLDER = "views"
-"""The folder of a multi-view folder's per-view dataset folders ``views/0``, ``views/1``, ..."""
-
-SEQUENCE_FILE = "sequences.npz"
-"""The sequence and frame of each row of a sequences folder."""
 
 CAMERA_SHAPES: dict[str, tuple[int, ...]] = {
     "R": (3, 3), "t": (3,), "focal_length": (2,), "camera_center": (2,), "image_size": (2,)}

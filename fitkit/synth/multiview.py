@@ -52,6 +52,7 @@ from tqdm import tqdm
 from fitkit.body.model import PARAM_SIZES
 from fitkit.geometry.camera import Camera
 from fitkit.geometry.rotations import matrix_to_axis_angle
+from fitkit.io.dataset import CAMERA_FILE, VIEWS_FOLDER
 from fitkit.io.params import validate_params
 from fitkit.io.runs import atomic_write, json_bytes, npz_bytes, writer_lock
 from fitkit.synth import annotate, scene, textures
@@ -71,12 +72,6 @@ from fitkit.synth.dataset import (
 from fitkit.synth.init import draw_init_noise
 from fitkit.synth.poses import sample_body_pose
 from fitkit.synth.world import PARAM_KEYS, SampleBatch, SynthWorld, sample_generator, stack_draws
-
-CAMERA_FILE = "cameras.npz"
-"""The cameras of a multi-view folder."""
-
-VIEWS_FOLDER = "views"
-"""The folder of the per-view dataset folders ``views/0``, ``views/1``, ..."""
 
 
 @dataclass

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from fitkit.body.model import PARAM_SIZES
 from fitkit.geometry.camera import Camera
 from fitkit.geometry.rotations import matrix_to_axis_angle
+from fitkit.io.dataset import SEQUENCE_FILE
 from fitkit.io.runs import atomic_write, npz_bytes, writer_lock
 from fitkit.synth import annotate, scene, textures
 from fitkit.synth.backgrounds import random_background
@@ -64,9 +65,6 @@ from fitkit.synth.poses import (
     sample_body_pose,
 )
 from fitkit.synth.world import SampleBatch, SynthWorld, sample_generator, stack_draws
-
-SEQUENCE_FILE = "sequences.npz"
-"""Which sequence and frame each row of a sequences folder is."""
 
 
 @dataclass
