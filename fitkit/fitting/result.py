@@ -39,12 +39,14 @@ class FitResult:
         params: ``global_orient`` (B, 3), ``body_pose`` (B, 69) axis-angle, ``betas`` (B, 10),
             ``transl`` (B, 3), ``focal_length`` (B, 2), ``camera_center`` (B, 2): the layout of
             the parameter files (``docs/formats.md``).
-        vertices: ``(B, V, 3)`` fitted vertices, camera frame.
-        joints: ``(B, 24, 3)`` fitted SMPL joints, camera frame.
-        energy: ``(B,)`` the last stage's total energy at the returned parameters.
+        vertices: ``(B, V, 3)`` fitted vertices, camera frame (the world frame, as the
+            parameters, when the cameras carry extrinsics: ``docs/groups.md``).
+        joints: ``(B, 24, 3)`` fitted SMPL joints, in the frame of ``vertices``.
+        energy: ``(B,)`` the last stage's total energy at the returned parameters (a sample
+            group's total in each of its rows).
         terms: the last stage's weighted energies by term name (data terms by their names,
             ``pose_prior``, ``shape_prior``, ``bending``, ``depth``), each ``(B,)``; they sum
-            to ``energy``.
+            to ``energy`` (for a sample group, summed over its rows as well).
         stages: per stage, ``{"energy": (B,), "terms": {name: (B,)}}`` at its best iterate.
         flags: :data:`FLAG_NAMES`: ``nan``, ``diverged``, ``no_data``, ``bad_input``, ``(B,)``
             bool each (a flag the solver did not set is all False).
