@@ -205,7 +205,9 @@ def fit(
             term's own), ``preset`` (``"refine"`` default with an initial ``global_orient``,
             ``"scratch"`` without; ``"spin"``; or a :class:`FitConfig`) and
             overrides, e.g. ``iterations=50``, ``lr=0.02``, ``optimizer="lbfgs"``,
-            ``pose_prior_weight=[0, 3]``, ``term_weights={"keypoints": 2}`` (:func:`fit_config`).
+            ``pose_prior_weight=[0, 3]``, ``term_weights={"keypoints": 2}`` (:func:`fit_config`);
+            ``compile=True`` compiles SMPLify's objective with ``torch.compile`` (the first
+            call pays minutes of compiling; later calls of the same sizes are faster).
     Returns:
         A :class:`FitResult`: ``params`` (``docs/formats.md`` layout), ``vertices``, ``joints``,
         ``energy`` and ``terms`` per sample, ``flags``, ``timings``, and ``errors`` (why a

@@ -100,6 +100,8 @@ class Fitter:
         refit_net: for ``"refit"``: ``"auto"`` (the shipped open network), a checkpoint path
             or a :class:`~fitkit.nets.refit.ReFit`.
         refit_iterations: for ``"refit"``: T, feedback-update steps (default the network's).
+        compile: ``torch.compile`` SMPLify's objective (:class:`~fitkit.fitting.SMPLify`):
+            ``False``, ``True`` or a backend name; pays off over many batches of one size.
         config: ``preset`` (name or :class:`FitConfig`; default ``"refine"`` for samples with
             an initial ``global_orient`` and ``"scratch"`` with several starts for the others,
             :attr:`scratch_solver`) and overrides (:func:`fit_config`).
@@ -118,6 +120,7 @@ class Fitter:
         solver: Solver | None = None,
         refit_net: Any = "auto",
         refit_iterations: int | None = None,
+        compile: bool | str = False,  # noqa: A002  (torch.compile's own name)
         **config: Any,
     ) -> None:
         if flow_rounds < 1:
@@ -139,7 +142,9 @@ class Fitter:
                 solver = ReFitSolver(self.body, refit_net, refit_iterations)
             except (FileNotFoundError, CheckpointError, ValueError) as error:
                 raise FitInputError(f"refit_net: {error}") from None
-        self.solver: Solver = solver or SMPLify(self.body, self.prior, self.config)
+        self.compile = compile
+        self.solver: Solver = solver or SMPLify(self.body, self.prior, self.config,
+                                                compile=compile)
         self._scratch: Solver | None = solver
         self.flow_net = flow_net
         self.flow_rounds = flow_rounds
@@ -159,7 +164,8 @@ class Fitter:
         if self._scratch is None:
             config = fit_config(self.preset or "scratch", **self.overrides)
             typical = self.prior.typical_pose()[0] if self.prior is not None else None
-            self._scratch = MultiStart(SMPLify(self.body, self.prior, config), body_pose=typical)
+            self._scratch = MultiStart(SMPLify(self.body, self.prior, config,
+                                               compile=self.compile), body_pose=typical)
         return self._scratch
 
     @property

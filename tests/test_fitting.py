@@ -500,3 +500,27 @@ def test_bad_configs_and_inputs_give_clear_errors(body, camera):
         fitter.fit(term, camera[:2], init={**truth, "body_pose": truth["body_pose"][:, :63]})
     with pytest.raises(ValueError, match="unknown init parameter"):
         fitter.fit(term, camera[:2], init={"pose": truth["body_pose"]})
+
+
+def test_compiled_objective_fits_as_the_eager_one_and_new_terms_reuse_it(body, camera):
+    """``compile=`` wraps the stage objective in ``torch.compile`` (here the ``aot_eager``
+    backend: the same tracing, no C++ compile, so the test stays fast): the fit is the eager
+    fit, and a second fit with new term objects of the same sizes compiles nothing new."""
+    import torch._dynamo
+
+    truth = scene(2, seed=40)
+    config = adam_config(iterations=3)
+    eager = SMPLify(body, simple_gmm(), config)
+    compiled = SMPLify(body, simple_gmm(), config, compile="aot_eager")
+    torch._dynamo.reset()
+    counts = []
+    for seed in (41, 42):
+        init = perturb(truth, seed=seed)
+        term = KeypointsTerm(exact_keypoints(body, truth, camera[:2]))
+        expected = eager.fit(term, camera[:2], init=init)
+        result = compiled.fit(KeypointsTerm(exact_keypoints(body, truth, camera[:2])),
+                              camera[:2], init=init)
+        for name in ("global_orient", "body_pose", "betas", "transl"):
+            torch.testing.assert_close(result.params[name], expected.params[name])
+        counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert counts[0] > 0 and counts[1] == counts[0]
