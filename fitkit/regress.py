@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from fitkit.fitting.result import parameter_arrays
 from fitkit.fitting.settings import resolve_device
 from fitkit.geometry import Camera, crop_boxes, crop_images, weak_perspective_to_full_frame
 from fitkit.io.inputs import FitInputError, ImageInput, read_images, read_keypoints
@@ -116,13 +117,7 @@ class Regression:
         Raises:
             ValueError: ``names`` not of length B.
         """
-        count = self.box_size.shape[0]
-        names = [f"row{row:06d}" for row in range(count)] if names is None else list(names)
-        if len(names) != count:
-            raise ValueError(f"Regression: {len(names)} names for {count} samples")
-        arrays = {"image_names": np.array(names, dtype=str)}
-        return arrays | {key: value.detach().cpu().float().numpy()
-                         for key, value in self.params.items()}
+        return parameter_arrays(self.params, self.box_size.shape[0], names, "Regression")
 
     def save(self, path: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
         """Write the parameters as a parameter file (atomically; ``fitkit.fit(init=path)`` and

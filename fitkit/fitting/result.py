@@ -30,6 +30,21 @@ MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".glb")
 """The mesh files :meth:`FitResult.export_mesh` writes (through ``trimesh``)."""
 
 
+def parameter_arrays(params: dict[str, Tensor], count: int, names: Sequence[str] | None,
+                     owner: str) -> dict[str, np.ndarray]:
+    """The rows of a parameter file: ``image_names`` (default ``row000000``, ...) and
+    ``params`` as float32 arrays ``(B, ...)``.
+
+    Raises:
+        ValueError: ``names`` not of length ``count`` (``owner`` names the record).
+    """
+    names = [f"row{row:06d}" for row in range(count)] if names is None else list(names)
+    if len(names) != count:
+        raise ValueError(f"{owner}: {len(names)} names for {count} samples")
+    return {"image_names": np.array(names, dtype=str)} | {
+        key: value.detach().cpu().float().numpy() for key, value in params.items()}
+
+
 @dataclass
 class FitResult:
     """What a solver returns (:meth:`SMPLify.fit`, any :class:`~fitkit.fitting.Solver`; all
@@ -104,12 +119,7 @@ class FitResult:
         Raises:
             ValueError: ``names`` not of length B.
         """
-        count = self.energy.shape[0]
-        names = [f"row{row:06d}" for row in range(count)] if names is None else list(names)
-        if len(names) != count:
-            raise ValueError(f"FitResult: {len(names)} names for {count} samples")
-        arrays = {"image_names": np.array(names, dtype=str)}
-        arrays |= {key: value.detach().cpu().float().numpy() for key, value in self.params.items()}
+        arrays = parameter_arrays(self.params, self.energy.shape[0], names, "FitResult")
         arrays["energy"] = self.energy.detach().cpu().double().numpy()
         arrays |= {f"energy_{key}": value.detach().cpu().double().numpy()
                    for key, value in self.terms.items()}
