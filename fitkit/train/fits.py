@@ -54,6 +54,7 @@ from fitkit.geometry import Camera, axis_angle_to_matrix, matrix_to_axis_angle
 from fitkit.io.dataset import check_names
 from fitkit.io.params import CAMERA_KEYS, PARAM_SIZES, ParamsFileError, read_params, validate_params
 from fitkit.io.runs import write_npz
+from fitkit.synth.scene import axis_rotations
 from fitkit.terms.reprojection import ReprojectionTerm
 
 VALID_THRESHOLD = 100.0
@@ -71,20 +72,26 @@ EXTRA_KEYS: tuple[str, ...] = ("keypoint_loss", "valid", "updates")
 """The per-row keys a dictionary file holds besides the parameter-file layout."""
 
 
-def _flip_permutation() -> tuple[int, ...]:
-    """Index of each SMPL joint's mirror image (left <-> right, the others themselves)."""
-    names = SMPL_JOINT_NAMES
-    mirrored = []
-    for name in names:
-        if name.startswith("left_"):
-            name = "right_" + name.removeprefix("left_")
-        elif name.startswith("right_"):
-            name = "left_" + name.removeprefix("right_")
-        mirrored.append(names.index(name))
-    return tuple(mirrored)
+def mirror_permutation(names: Sequence[str]) -> list[int]:
+    """For each named point, the index of the point that takes its place in a mirrored image:
+    left and right swapped (``left_hip`` <-> ``right_hip``, ``LShoulder`` <-> ``RShoulder``),
+    the others themselves (also a side without its partner in ``names``)."""
+    swap = {"left": "right", "right": "left"}
+
+    def mirrored(name: str) -> str:
+        parts = name.split("_")
+        if any(part in swap for part in parts):
+            return "_".join(swap.get(part, part) for part in parts)
+        if len(name) > 1 and name[0] in "LR" and name[1].isupper():
+            return ("R" if name[0] == "L" else "L") + name[1:]
+        return name
+
+    names = list(names)
+    return [names.index(mirrored(name)) if mirrored(name) in names else index
+            for index, name in enumerate(names)]
 
 
-SMPL_FLIP_PERMUTATION: tuple[int, ...] = _flip_permutation()
+SMPL_FLIP_PERMUTATION: tuple[int, ...] = tuple(mirror_permutation(SMPL_JOINT_NAMES))
 """For each of the 24 SMPL joints, the joint whose rotation it takes in a mirrored body."""
 
 
@@ -101,10 +108,7 @@ def in_plane_rotation(angle: Tensor) -> Tensor:
     Returns:
         ``(B, 3, 3)`` ``[[c, s, 0], [-s, c, 0], [0, 0, 1]]``, ``c = cos``, ``s = sin``.
     """
-    radians = torch.deg2rad(angle)
-    cos, sin = torch.cos(radians), torch.sin(radians)
-    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
-    return torch.stack([cos, sin, zero, -sin, cos, zero, zero, zero, one], dim=-1).view(-1, 3, 3)
+    return axis_rotations(2, -torch.deg2rad(angle))
 
 
 def rotate_crop_points(points: Tensor, angle: Tensor) -> Tensor:

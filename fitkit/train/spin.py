@@ -127,6 +127,7 @@ from fitkit.train.fits import (
     FitsDictionary,
     fit_targets,
     keypoint_loss,
+    mirror_permutation,
     rotate_crop_points,
     unaugment_pose,
 )
@@ -219,17 +220,7 @@ def spin_fit_config(iterations: int) -> FitConfig:
 def keypoint_flip_permutation(fmt: KeypointFormat) -> list[int]:
     """For each point of a keypoint format, the point that takes its place in a mirrored image
     (left and right swapped: ``LShoulder`` <-> ``RShoulder``, ``left_eye`` <-> ``right_eye``)."""
-    def mirrored(name: str) -> str:
-        parts = name.split("_")
-        swap = {"left": "right", "right": "left"}
-        if any(part in swap for part in parts):
-            return "_".join(swap.get(part, part) for part in parts)
-        if len(name) > 1 and name[0] in "LR" and name[1].isupper():
-            return ("R" if name[0] == "L" else "L") + name[1:]
-        return name
-
-    return [fmt.names.index(mirrored(n)) if mirrored(n) in fmt.names else i
-            for i, n in enumerate(fmt.names)]
+    return mirror_permutation(fmt.names)
 
 
 def augmented_crops(images: Sequence[Tensor], box_center: Tensor, box_size: Tensor,
