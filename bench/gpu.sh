@@ -7,8 +7,8 @@
 #   bash bench/gpu.sh                       # on a machine with CUDA and fitkit's dependencies
 #   BUDGET=540 bash bench/gpu.sh            # seconds for the whole check (default 540)
 #
-# On a bare machine whose Python lacks smplx, roma or trimesh, carry them as wheels in .whl/
-# (pip download --no-deps --only-binary=:all: smplx roma trimesh ... -d .whl): the script installs
+# On a bare machine whose Python lacks smplx or trimesh, carry them as wheels in .whl/
+# (pip download --no-deps --only-binary=:all: smplx trimesh ... -d .whl): the script installs
 # them into /tmp/site first. It exits 3 without a CUDA device.
 set -uo pipefail
 cd "$(dirname "$0")/.."

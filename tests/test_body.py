@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import roma
 import scipy.sparse
 import torch
 from smplx.vertex_ids import vertex_ids as smplx_vertex_ids
@@ -25,6 +24,7 @@ from fitkit.body import (
     load_body,
     read_smpl_pickle,
 )
+from fitkit.geometry.rotations import axis_angle_to_matrix
 
 NUM_VERTICES = 64
 MARKER_NAMES = ("C7", "STRN", "LKNE", "RKNE")
@@ -77,7 +77,7 @@ def reference_lbs(arrays: dict, params: dict) -> tuple[torch.Tensor, torch.Tenso
         for k in ("v_template", "shapedirs", "posedirs", "J_regressor", "weights")
     }
     pose = torch.cat([params["global_orient"], params["body_pose"]], dim=1).view(-1, 24, 3)
-    rotations = roma.rotvec_to_rotmat(pose)
+    rotations = axis_angle_to_matrix(pose)
     batch = pose.shape[0]
     shaped = a["v_template"] + torch.einsum("vck,bk->bvc", a["shapedirs"], params["betas"])
     rest_joints = torch.einsum("jv,bvc->bjc", a["J_regressor"], shaped)

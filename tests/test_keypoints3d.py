@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import roma
 import torch
 
 from fitkit.body import BodyModel, load_body
 from fitkit.fitting import FitConfig, SMPLify, zip_stages
 from fitkit.geometry import Camera
+from fitkit.geometry.rotations import compose_axis_angle
 from fitkit.io.inputs import FitInputError
 from fitkit.terms import (
     TERMS,
@@ -53,7 +53,7 @@ def perturb(truth: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Te
 
     def rotate(rotvec: torch.Tensor, angle: float) -> torch.Tensor:
         axis = torch.nn.functional.normalize(torch.randn(rotvec.shape, generator=g), dim=-1)
-        return roma.rotvec_composition([angle * axis, rotvec])
+        return compose_axis_angle([angle * axis, rotvec])
 
     body_pose = truth["body_pose"].clone().view(batch, 23, 3)
     body_pose[:, PERTURBED_JOINTS] = rotate(body_pose[:, PERTURBED_JOINTS], 0.2)

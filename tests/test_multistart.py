@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import roma
 import torch
 
 import fitkit
 from fitkit.fitting import FitBatch, FitResult, SMPLify
 from fitkit.fitting.multistart import ORIENTATIONS, MultiStart, take_result, turned_orientations
 from fitkit.fitting.settings import fit_config
-from fitkit.geometry import Camera
+from fitkit.geometry import Camera, axis_angle_to_matrix
 from fitkit.io import read_params
 from fitkit.priors import load as load_prior
 from fitkit.refine import main as refine_main
@@ -25,7 +24,7 @@ from fitkit.synth import SynthConfig, generate_dataset
 def facing(orient: torch.Tensor) -> torch.Tensor:
     """``(N,)`` z of the body's forward axis (its +z) in the camera frame (< 0: towards the
     camera)."""
-    return roma.rotvec_to_rotmat(orient)[..., 2, 2]
+    return axis_angle_to_matrix(orient)[..., 2, 2]
 
 
 def test_orientations_face_as_named() -> None:
@@ -35,7 +34,7 @@ def test_orientations_face_as_named() -> None:
     assert forward[0] == pytest.approx(-1.0)  # facing the camera
     assert forward[1] == pytest.approx(1.0)  # turned away
     assert forward[2:].abs().max() < 1e-9  # profiles
-    up = roma.rotvec_to_rotmat(orient)[..., :, 1]  # the body's up axis stays the camera's -y
+    up = axis_angle_to_matrix(orient)[..., :, 1]  # the body's up axis stays the camera's -y
     assert torch.allclose(up, torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64).expand(4, 3),
                           atol=1e-9)
 
@@ -52,7 +51,7 @@ class OrientationSolver:
         self.rows.append(count)
         sample = batch.observations["keypoints"][:, 0, 0].long()
         orient = batch.init["global_orient"]
-        energy = (roma.rotvec_to_rotmat(orient) - roma.rotvec_to_rotmat(
+        energy = (axis_angle_to_matrix(orient) - axis_angle_to_matrix(
             self.targets[sample])).flatten(1).norm(dim=1)
         flags = {"nan": torch.zeros(count, dtype=torch.bool)}
         for row in self.nan_rows:

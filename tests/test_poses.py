@@ -2,9 +2,9 @@
 joint limits."""
 
 import pytest
-import roma
 import torch
 
+from fitkit.geometry.rotations import axis_angle_to_matrix
 from fitkit.synth.poses import (
     ACTIVITIES,
     JOINT_NAMES,
@@ -31,7 +31,7 @@ JOINT = {name: i + 1 for i, name in enumerate(JOINT_NAMES)}  # SMPL joint index
 
 def forward_kinematics(body_pose: torch.Tensor) -> torch.Tensor:
     """(69,) axis-angle (root fixed at identity) -> (24, 3) posed joint positions."""
-    local = roma.rotvec_to_rotmat(body_pose.view(23, 3))
+    local = axis_angle_to_matrix(body_pose.view(23, 3))
     rotations = [torch.eye(3, dtype=torch.float64)]
     positions = [T_POSE_JOINTS[0]]
     for j in range(1, 24):

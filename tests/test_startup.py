@@ -1,7 +1,8 @@
 """``import fitkit`` and ``python -m fitkit.refine --help`` stay cheap: they load none of the heavy
-libraries fitkit uses only inside functions (roma loads ``torch._dynamo`` when imported; scipy,
-trimesh), and every ``fitkit.NAME`` still resolves. Checked in a fresh process, whose
-``sys.modules`` shows what was imported; no timing (``bench/startup.py`` times it)."""
+libraries fitkit uses only inside functions (``torch._dynamo``, scipy, trimesh), and every
+``fitkit.NAME`` still resolves; converting rotations loads no ``torch._dynamo`` either. Checked in
+a fresh process, whose ``sys.modules`` shows what was imported; no timing (``bench/startup.py``
+times it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-HEAVY = ("torch._dynamo", "roma", "scipy", "trimesh")
+HEAVY = ("torch._dynamo", "scipy", "trimesh")
 
 PROBE = textwrap.dedent(
     """
@@ -49,10 +50,31 @@ PROBE = textwrap.dedent(
 ).replace("HEAVY", repr(HEAVY))
 
 
-def _probe() -> dict:
+ROTATIONS_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    import fitkit
+    from fitkit.geometry.rotations import axis_angle_to_matrix
+    report = {"identity": axis_angle_to_matrix(torch.zeros(1, 3)).tolist()}
+    report["after_first"] = "torch._dynamo" in sys.modules
+    from fitkit.geometry import average_rotations, matrix_to_axis_angle, procrustes_align
+    rotvec = torch.randn(4, 3, requires_grad=True)
+    matrices = axis_angle_to_matrix(rotvec)
+    points = torch.randn(4, 6, 3)
+    loss = (matrix_to_axis_angle(matrices).sum() + average_rotations(matrices).sum()
+            + procrustes_align(points, points @ matrices).aligned.sum())
+    loss.backward()
+    report["after_all"] = "torch._dynamo" in sys.modules
+    print(json.dumps(report))
+    """
+)
+
+
+def _probe(code: str = PROBE) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -75,31 +97,11 @@ def test_import_and_refine_help_load_no_heavy_library_and_names_resolve() -> Non
     assert "no_such_name" in report["missing"]
 
 
-def test_rotations_import_roma_on_first_use() -> None:
-    """The deferred import still gives roma's results (axis-angle round trip, quaternions)."""
-    import torch
-
-    from fitkit.geometry.rotations import (
-        axis_angle_to_matrix,
-        axis_angle_to_quaternion,
-        compose_axis_angle,
-        matrix_to_axis_angle,
-        quaternion_conjugate,
-        quaternion_product,
-        quaternion_to_axis_angle,
-    )
-
-    generator = torch.Generator().manual_seed(0)
-    first, second = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64)
-    first = first * (2.5 / first.norm(dim=-1, keepdim=True))  # angles below pi: unique rotvec
-    matrix = axis_angle_to_matrix(first)
-    assert torch.allclose(matrix.transpose(-1, -2) @ matrix, torch.eye(3, dtype=torch.float64))
-    assert torch.allclose(matrix_to_axis_angle(matrix), first)
-    product = axis_angle_to_matrix(compose_axis_angle([first, second]))
-    assert torch.allclose(product, matrix @ axis_angle_to_matrix(second))
-    quat_first, quat_second = axis_angle_to_quaternion(first), axis_angle_to_quaternion(second)
-    assert torch.allclose(quat_first[..., 3], torch.cos(first.norm(dim=-1) / 2))
-    via_quaternions = quaternion_to_axis_angle(quaternion_product(quat_first, quat_second))
-    assert torch.allclose(axis_angle_to_matrix(via_quaternions), product)
-    undone = quaternion_product(quat_first, quaternion_conjugate(quat_first))
-    assert torch.allclose(undone, torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64))
+def test_first_rotation_call_loads_no_dynamo() -> None:
+    """fitkit converts rotations with its own code: the first ``axis_angle_to_matrix`` in a fresh
+    process, then the other conversions, averaging and Procrustes with a backward pass, load no
+    ``torch._dynamo`` (roma's import did: about 2 s per process)."""
+    report = _probe(ROTATIONS_PROBE)
+    assert report["identity"] == [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]]
+    assert not report["after_first"], "axis_angle_to_matrix loaded torch._dynamo"
+    assert not report["after_all"], "a rotation function loaded torch._dynamo"

@@ -1,5 +1,4 @@
-"""Geometry: cameras (with extrinsics), rotations (through ``roma``), crops, full-frame cameras,
-Procrustes."""
+"""Geometry: cameras (with extrinsics), rotations, crops, full-frame cameras, Procrustes."""
 
 from fitkit.geometry.camera import (
     Camera,

@@ -1,6 +1,6 @@
 """Batched Procrustes alignment: the similarity (or rigid) transform that best maps one point set
-onto another in the least-squares sense (Umeyama), through ``roma.rigid_points_registration``
-(roma is imported on first use: importing it loads ``torch._dynamo``).
+onto another in the least-squares sense (Umeyama's weighted solution: the SVD of the weighted
+cross-covariance with the determinant fix, :func:`fitkit.geometry.rotations.nearest_rotation`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from fitkit.geometry.rotations import nearest_rotation
 
 
 @dataclass
@@ -56,17 +58,35 @@ def procrustes_align(
     Returns:
         the transform and the aligned source, see :class:`ProcrustesAlignment`.
     """
-    import roma
-
-    if weights is not None:
-        weights = weights.to(source.dtype)
-    if scale:
-        rotation, translation, factor = roma.rigid_points_registration(
-            source, target, weights=weights, compute_scaling=True
-        )
+    if source.dim() < 2 or source.shape[-1] != 3 or source.shape != target.shape:
+        raise ValueError("source and target must have the same shape (..., N, 3), got "
+                         f"{tuple(source.shape)} and {tuple(target.shape)}")
+    points, targets = source, target
+    if weights is None:
+        weights = torch.full_like(source[..., 0], 1.0 / source.shape[-2])
     else:
-        rotation, translation = roma.rigid_points_registration(source, target, weights=weights)
-        factor = torch.ones_like(translation[..., 0])
+        if weights.dim() == 0 or weights.shape[-1] != source.shape[-2]:
+            raise ValueError(f"weights must have shape (..., N) with N = {source.shape[-2]}, "
+                             f"got {tuple(weights.shape)}")
+        weights = weights.to(source.dtype)
+        used = weights[..., None] > 0  # points of weight 0 stay out of the sums, even non-finite
+        points = torch.where(used, source, torch.zeros_like(source))
+        targets = torch.where(used, target, torch.zeros_like(target))
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    source_mean = torch.einsum("...n,...ni->...i", weights, points)
+    target_mean = torch.einsum("...n,...ni->...i", weights, targets)
+    source_centred = points - source_mean[..., None, :]
+    target_centred = targets - target_mean[..., None, :]
+    # R maximises trace(R^T C) for the weighted cross-covariance C = sum_n w_n y_n x_n^T.
+    covariance = torch.einsum("...n,...ni,...nj->...ij", weights, target_centred, source_centred)
+    rotation = nearest_rotation(covariance)
+    if scale:  # the least-squares s for this R: trace(R^T C) / sum_n w_n |x_n|^2
+        variance = torch.einsum("...n,...ni,...ni->...", weights, source_centred, source_centred)
+        factor = (rotation * covariance).sum(dim=(-2, -1)) / variance
+    else:
+        factor = torch.ones_like(rotation[..., 0, 0])
+    translation = target_mean - factor[..., None] * torch.einsum("...ij,...j->...i", rotation,
+                                                                 source_mean)
     aligned = _similarity(source, rotation, translation, factor)
     return ProcrustesAlignment(aligned, rotation, translation, factor)
 

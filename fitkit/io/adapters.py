@@ -24,10 +24,10 @@ Intrinsic matrices are taken as they stand, in fitkit's pixel convention (OpenCV
 centres at integers). HMR 2.0 has none: its full-frame camera is the one its demo renders with
 (pyrender, principal point ``(W / 2, H / 2)`` with pixel *edges* at integers), which is fitkit's
 image centre ``((W - 1) / 2, (H - 1) / 2)``; its box centres, in the detector's edge
-convention, are read in the same way. Rotation matrices become axis-angle with ``roma``
-(:mod:`fitkit.geometry.rotations`). Names: ``image_names`` (stems, as fitkit writes them) or
-CameraHMR's ``imgname`` (file names or paths: their stems); without either, rows go in order.
-Non-finite values are kept (the fit flags those rows).
+convention, are read in the same way. Rotation matrices become axis-angle with
+:func:`fitkit.geometry.matrix_to_axis_angle`. Names: ``image_names`` (stems, as fitkit writes
+them) or CameraHMR's ``imgname`` (file names or paths: their stems); without either, rows go in
+order. Non-finite values are kept (the fit flags those rows).
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ class _Rows:
 
 
 def matrices_to_axis_angle(matrices: np.ndarray, key: str, source: Source) -> np.ndarray:
-    """``(N, J, 3, 3)`` rotation matrices as ``(N, 3 J)`` axis-angle (through ``roma``).
+    """``(N, J, 3, 3)`` rotation matrices as ``(N, 3 J)`` axis-angle (``matrix_to_axis_angle``).
 
     Raises:
         ParamsFileError: a finite matrix that is no rotation (``|R R^T - I|`` above
