@@ -3,12 +3,14 @@ values and gradients, and a sparse fit equals a full one."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 import fitkit
 from fitkit.body.keypoints import SMPL_PARENTS
-from fitkit.body.skinning import tree_levels
+from fitkit.body.skinning import ancestor_jumps
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +26,43 @@ def params(batch: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
             "transl": torch.randn(batch, 3, generator=generator)}
 
 
-def test_the_tree_levels_visit_every_joint_after_its_parent() -> None:
-    levels = tree_levels(SMPL_PARENTS)
-    seen = {0}
-    for joints, parents in levels:
-        assert all(parent in seen for parent in parents)
-        seen |= set(joints)
-    assert seen == set(range(24)) and len(levels) == 8
+def test_ancestor_doubling_reaches_every_ancestor_in_log_steps() -> None:
+    """Following the steps' pointers from a joint visits exactly its ancestors, each step
+    doubling the generations spanned; SMPL's 8-deep tree takes 4 steps."""
+    jumps = ancestor_jumps(SMPL_PARENTS)
+    assert len(jumps) == 4
+    for joint in range(24):
+        path, node = [], SMPL_PARENTS[joint]
+        while node >= 0:
+            path.append(node)
+            node = SMPL_PARENTS[node]
+        for step, ancestors in enumerate(jumps):
+            generations = 2 ** step
+            expected = path[generations - 1] if generations <= len(path) else 24
+            assert ancestors[joint] == expected, (joint, step)
+        assert all(ancestors[24] == 24 for ancestors in jumps)
+
+
+def test_the_chain_equals_composing_parent_by_parent(body) -> None:
+    """World rotations and joints of the doubling chain equal the plain recursion
+    ``G_j = G_parent(j) [R_j | J_j - J_parent(j)]``."""
+    from fitkit.geometry.rotations import axis_angle_to_matrix
+
+    generator = torch.Generator().manual_seed(3)
+    rotations = axis_angle_to_matrix(
+        torch.randn(4, 24, 3, generator=generator, dtype=torch.float64))
+    rest = torch.randn(4, 24, 3, generator=generator, dtype=torch.float64)
+    skin = copy.deepcopy(body.skinning).double()
+    world, joints = skin.chain(rotations, rest)
+    for joint, parent in enumerate(SMPL_PARENTS):
+        if parent < 0:
+            expect_rotation, expect_joint = rotations[:, 0], rest[:, 0]
+        else:
+            expect_rotation = world[:, parent] @ rotations[:, joint]
+            expect_joint = joints[:, parent] + (
+                world[:, parent] @ (rest[:, joint] - rest[:, parent])[..., None])[..., 0]
+        torch.testing.assert_close(world[:, joint], expect_rotation)
+        torch.testing.assert_close(joints[:, joint], expect_joint)
 
 
 def test_skinning_every_vertex_equals_smplx(body) -> None:

@@ -9,9 +9,10 @@ for what its data terms read:
   so the joints need no vertex at all;
 - **vertices** are shaped, pose-corrected and skinned only for the requested ids (``vertex_ids``):
   the keypoints term reads 24 joints and 11 vertices of ~7,000;
-- the **kinematic chain** runs level by level over the tree (9 levels for SMPL's 24 joints) with
-  the parents on the host, so on a GPU it never reads a device tensor to index (smplx indexes with
-  its ``parents`` buffer, one host sync per joint).
+- the **kinematic chain** composes every joint's transform with an ancestor's, doubling the
+  span each step (4 steps for SMPL's 24 joints, 8 levels deep), a few operations on all joints
+  at once; its gather indices are computed on the host once, so on a GPU it never reads a device
+  tensor to index (smplx indexes with its ``parents`` buffer, one host sync per joint).
 
 Results equal smplx's to float rounding (``tests/test_skinning.py``).
 """
@@ -23,20 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from fitkit.geometry.rotations import axis_angle_to_matrix
-
-
-def tree_levels(parents: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
-    """The joints of a kinematic tree grouped by depth, root excluded: per level, the joints
-    and their parents (plain lists, on the host)."""
-    depth = [0] * len(parents)
-    for joint, parent in enumerate(parents):
-        if parent >= 0:
-            depth[joint] = depth[parent] + 1
-    levels = []
-    for level in range(1, max(depth) + 1):
-        joints = [joint for joint in range(len(parents)) if depth[joint] == level]
-        levels.append((joints, [parents[joint] for joint in joints]))
-    return levels
 
 
 class Skinning(nn.Module):
@@ -58,6 +45,7 @@ class Skinning(nn.Module):
         self.register_buffer("v_template", v_template)
         self.register_buffer("shapedirs", shapedirs)
         self.register_buffer("posedirs", posedirs.reshape(-1, count, 3))  # (P, V, 3)
+        self._pose_blend: tuple[Tensor, int, bool] | None = None
         self.register_buffer("weights", weights)
         regressor = J_regressor.double()
         self.register_buffer("joint_template", (regressor @ v_template.double()).to(
@@ -65,12 +53,26 @@ class Skinning(nn.Module):
         self.register_buffer("joint_shapedirs", torch.einsum(
             "jv,vcs->jcs", regressor, shapedirs.double()).to(v_template.dtype))
         self.parents = tuple(parents)
-        self.levels = tree_levels(self.parents)
-        order = [0] + [joint for joints, _ in self.levels for joint in joints]
-        row = {joint: position for position, joint in enumerate(order)}
-        self._level_rows = [(joints, parents, [row[parent] for parent in parents])
-                            for joints, parents in self.levels]
-        self._joint_rows = [row[joint] for joint in range(len(self.parents))]
+        count_joints = len(self.parents)
+        # the parent of every joint, the root's pointing at an identity transform appended
+        # after the last joint
+        self.register_buffer("parent_index", torch.tensor(
+            [parent if parent >= 0 else count_joints for parent in self.parents]),
+            persistent=False)
+        self.register_buffer("jumps", torch.tensor(ancestor_jumps(self.parents)),
+                             persistent=False)
+
+    @property
+    def pose_blend(self) -> bool:
+        """Whether the pose blend shapes move any vertex: zero ones (the open body's) are
+        skipped, exactly. Computed once per ``posedirs`` buffer (again after ``.to()`` or an
+        in-place change), so the forward pass reads no device tensor."""
+        posedirs = self.posedirs
+        cached = self._pose_blend
+        if cached is None or cached[0] is not posedirs or cached[1] != posedirs._version:
+            cached = (posedirs, posedirs._version, bool(posedirs.any()))
+            self._pose_blend = cached
+        return cached[2]
 
     @property
     def num_vertices(self) -> int:
@@ -99,10 +101,12 @@ class Skinning(nn.Module):
             return joints, joints.new_zeros(batch, 0, 3)
         pick = slice(None) if vertex_ids is None else vertex_ids
         shaped = self.v_template[pick] + torch.einsum("kcs,bs->bkc", self.shapedirs[pick], betas)
-        eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
-        pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)  # (B, P)
-        posedirs = self.posedirs if vertex_ids is None else self.posedirs[:, vertex_ids]
-        posed = shaped + (pose_feature @ posedirs.flatten(1)).view(batch, -1, 3)
+        posed = shaped
+        if self.pose_blend:
+            eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
+            pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)  # (B, P)
+            posedirs = self.posedirs if vertex_ids is None else self.posedirs[:, vertex_ids]
+            posed = shaped + (pose_feature @ posedirs.flatten(1)).view(batch, -1, 3)
         # each joint's transform maps its rest position to its posed one
         offset = world_joint - _apply(world_rotation, rest_joints)  # (B, J, 3)
         weights = self.weights[pick]  # (K, J)
@@ -117,19 +121,40 @@ class Skinning(nn.Module):
         (no translation) from local rotations ``(B, J, 3, 3)`` and rest joints ``(B, J, 3)``
         (also used by the LM solver's closed-form Jacobian, :mod:`fitkit.fitting.lm`).
 
-        The joints are kept in level order (root, then each level of the tree), so each level
-        finds its parents with one index into what the levels above have made: a few tensor
-        operations per level, none per joint.
+        By ancestor doubling: every joint holds the rigid transform from its frame to that of an
+        ancestor (first its parent: local rotation and bone), and each step composes it with the
+        transform its ancestor holds, doubling the path it spans, so the whole tree takes
+        ``ceil(log2(depth + 1))`` steps (4 for SMPL's 24 joints, whose tree is 8 deep) of one
+        index and one batched product each, for every joint at once, instead of one step per
+        level of the tree.
         """
-        rotation, joint = rotations[:, :1], rest_joints[:, :1]  # level order
-        for joints, parents, parent_rows in self._level_rows:
-            parent_rotation, parent_joint = rotation[:, parent_rows], joint[:, parent_rows]
-            bone = rest_joints[:, joints] - rest_joints[:, parents]  # (B, L, 3)
-            level_rotation = (parent_rotation[..., :, :, None]
-                              * rotations[:, joints, None]).sum(-2)
-            rotation = torch.cat([rotation, level_rotation], dim=1)
-            joint = torch.cat([joint, parent_joint + _apply(parent_rotation, bone)], dim=1)
-        return rotation[:, self._joint_rows], joint[:, self._joint_rows]
+        batch, count = rest_joints.shape[:2]
+        padded = torch.cat([rest_joints, rest_joints.new_zeros(batch, 1, 3)], dim=1)
+        bone = rest_joints - padded[:, self.parent_index]  # the root keeps its rest position
+        transform = torch.cat([rotations, bone[..., None]], dim=-1)  # (B, J, 3, 4)
+        identity = torch.eye(3, 4, dtype=transform.dtype, device=transform.device)
+        transform = torch.cat([transform, identity.expand(batch, 1, 3, 4)], dim=1)
+        for jump in self.jumps:
+            transform = _compose(transform[:, jump], transform)
+        return transform[:, :count, :, :3], transform[:, :count, :, 3]
+
+
+def ancestor_jumps(parents: tuple[int, ...]) -> list[list[int]]:
+    """The gather indices of :meth:`Skinning.chain`'s ancestor doubling: per step, for each
+    joint (and the identity appended at index J), the ancestor whose transform it composes with
+    (J: none left). Step k reaches ``2^k`` generations up."""
+    count = len(parents)
+    ancestor = [parent if parent >= 0 else count for parent in parents] + [count]
+    steps = []
+    while any(joint != count for joint in ancestor):
+        steps.append(list(ancestor))
+        ancestor = [ancestor[joint] for joint in ancestor]
+    return steps
+
+
+def _compose(first: Tensor, second: Tensor) -> Tensor:
+    """The rigid transforms ``first o second`` of ``(..., 3, 4)`` ``[R | t]`` pairs."""
+    return first[..., :3] @ second + torch.nn.functional.pad(first[..., 3:], (3, 0))
 
 
 def _apply(rotation: Tensor, points: Tensor) -> Tensor:
