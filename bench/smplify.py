@@ -220,7 +220,7 @@ def lm_row(body: fitkit.body.BodyModel, prior: torch.nn.Module, config: fitkit.f
         return run
 
     evaluator = fitter._evaluator  # the body evaluation of an energy: part of "energy"
-    fitter._evaluator = lambda terms: timed(evaluator(terms), "energy")
+    fitter._evaluator = lambda *args, **kwargs: timed(evaluator(*args, **kwargs), "energy")
     try:
         for (module, name), part in patched.items():
             setattr(module, name, timed(originals[(module, name)], part))

@@ -151,6 +151,12 @@ def test_refine_refuses_cuda_without_a_gpu(dataset, tmp_path, capsys):
     assert "device 'cuda' cannot be used" in line and "cuda available: False" in line
 
 
+def test_refine_refuses_compile_with_the_learned_solver(dataset, tmp_path, capsys):
+    assert refine(dataset, tmp_path / "out", "--data-term", "refit", "--compile") == 2
+    line = error_line(capsys.readouterr().err, REFINE)
+    assert "--compile" in line and "refit" in line
+
+
 @pytest.mark.parametrize("argv, ignored", [
     (["--flow", "exact"], "--flow"),
     (["--flow-net", "open"], "--flow-net"),

@@ -123,3 +123,30 @@ def test_the_module_runs_as_a_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "input folder not found" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("terms, expected", [
+    (("keypoints",), 256),
+    (("keypoints", "keypoints3d"), 256),
+    (("keypoints", "densepose"), 32),
+    (("flow",), 32),
+    (("refit",), 32),
+])
+def test_the_default_batch_is_large_only_when_every_term_is_light(terms, expected) -> None:
+    from fitkit.refine.run import default_batch_size
+
+    assert default_batch_size(terms) == expected
+
+
+def test_the_default_batch_fits_a_keypoint_dataset_as_one_part(dataset: Path,
+                                                                tmp_path: Path) -> None:
+    """No --batch-size: keypoints refine all four images in one batch (one part file), and the
+    results equal a run of batch 2 (batches are independent)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--input", str(dataset), "--overlays", "0", *FAST]
+    assert main([*args, "--output", str(one)]) == 0
+    assert main([*args, "--output", str(two), "--batch-size", "2"]) == 0
+    assert len(list((one / "parts").glob("*.npz"))) == 1
+    assert len(list((two / "parts").glob("*.npz"))) == 2
+    first, second = read_params(one / "results.npz"), read_params(two / "results.npz")
+    np.testing.assert_allclose(first["body_pose"], second["body_pose"], atol=1e-4)

@@ -99,7 +99,7 @@ def refine_dataset(
     texture: str | None = None,
     flow_rounds: int | None = None,
     device: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     overlays: int = 8,
@@ -115,6 +115,7 @@ def refine_dataset(
     groups: bool = True,
     init: str | None = None,
     regress_net: str | None = None,
+    compile: bool = False,  # noqa: A002  (torch.compile's own name)
     **overrides: Any,
 ) -> RefineSummary:
     """Refine a dataset folder (the package docstring says what is read and written).
@@ -137,7 +138,9 @@ def refine_dataset(
             data terms would ignore them (no flow term; ``texture``, ``flow_net`` and
             ``flow_rounds`` with exact flow).
         device: default CUDA when available, else the CPU; one this machine lacks is refused.
-        batch_size: images fitted together (and written as one part).
+        batch_size: images fitted together (and written as one part); ``None``: the smallest
+            :attr:`~fitkit.terms.DataTerm.batch_hint` of the data terms (256 for keypoints,
+            32 for the dense terms and for ``refit``).
         resume, overwrite: what to do with a non-empty output folder.
         overlays: overlay pictures for the first ``overlays`` images.
         preset: fit preset; default ``"refine"``, and ``"scratch"`` with several starts for a
@@ -194,6 +197,11 @@ def refine_dataset(
             and not Path(texture).is_dir()):
         raise RefineError(f"--texture {texture!r} is neither {' nor '.join(TEXTURE_MODES)} nor a "
                           "folder of textures")
+    if compile and learned:
+        raise RefineError("--compile compiles SMPLify's objective; --data-term refit runs a "
+                          "network and would ignore it")
+    if batch_size is None:
+        batch_size = default_batch_size(names)
     if batch_size <= 0 or (limit is not None and limit <= 0) or overlays < 0:
         raise RefineError("--batch-size and --limit must be positive, --overlays >= 0")
     try:
@@ -236,7 +244,7 @@ def refine_dataset(
         except ValueError as error:
             raise RefineError(f"--keypoint-format: {error}") from None
     try:
-        fitter = Fitter(names, prior, body, device, flow_net=flow_net,
+        fitter = Fitter(names, prior, body, device, flow_net=flow_net, compile=compile,
                         flow_rounds=flow_rounds, preset=preset, **overrides,
                         **({"refit_net": refit_net or "auto", "refit_iterations":
                             refit_iterations} if learned else {}))
@@ -270,6 +278,14 @@ def refine_dataset(
     with store:
         return _run(store, rows, fitter, shard, flow, texture, batch_size, overlays,
                     progress, started)
+
+
+def default_batch_size(names: tuple[str, ...]) -> int:
+    """The batch size of a refinement with the data terms ``names`` when none is given: the
+    smallest :attr:`~fitkit.terms.DataTerm.batch_hint` (32 for a learned solver or a term
+    predicted from images)."""
+    special = (*PREDICTED_TERMS, *LEARNED_SOLVERS)
+    return min(32 if name in special else terms.term_class(name).batch_hint for name in names)
 
 
 def ignored_flags(names: tuple[str, ...], flow: str | None, flow_net: str | None,

@@ -88,6 +88,12 @@ class DataTerm:
     """A term that scores samples against each other (a temporal term) instead of observing
     them: it does not count as data for :attr:`valid`'s purpose, and the samples it links
     (:meth:`linked_pairs`) must be in one sample group."""
+    batch_hint: ClassVar[int] = 32
+    """The batch size ``refine`` uses by default when every term of the fit allows it: small for
+    terms that read the whole mesh and hold images' worth of targets per sample; large for terms
+    that read joints and a few vertices, where a batch costs nearly the same per iteration
+    whatever its size (per-operation overhead dominates), so larger batches fit more images per
+    second."""
 
     @classmethod
     def renumber_links(cls, observations: Any, rows: np.ndarray) -> Any:
