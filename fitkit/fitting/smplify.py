@@ -36,6 +36,7 @@ from torch import Tensor
 
 from fitkit.body import BodyModel, BodyOutput
 from fitkit.body.model import PARAM_SIZES
+from fitkit.fitting.adam import Adam
 from fitkit.fitting.config import FitConfig, StageConfig, preset
 from fitkit.fitting.groups import GroupLayout, pool_rows
 from fitkit.fitting.lm import (
@@ -548,7 +549,7 @@ class SMPLify:
         return evaluate
 
     @staticmethod
-    def _optimizer(stage: StageConfig, params: list[Tensor]) -> torch.optim.Optimizer:
+    def _optimizer(stage: StageConfig, params: list[Tensor]) -> Adam | torch.optim.Optimizer:
         if stage.optimizer == "lbfgs":
             return torch.optim.LBFGS(
                 params,
@@ -556,7 +557,7 @@ class SMPLify:
                 max_iter=LBFGS_STEP_ITERATIONS,
                 line_search_fn="strong_wolfe",
             )
-        return torch.optim.Adam(params, lr=stage.lr)
+        return Adam(params, lr=stage.lr)  # torch.optim's would import torch._dynamo (~2 s)
 
     @staticmethod
     def _has_data(terms: Mapping[str, DataTerm]) -> Tensor:
