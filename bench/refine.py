@@ -8,7 +8,7 @@ fresh processes, as a user would: start-up, reading, fitting, metrics and result
 Configurations alternate within each round, so their ratios come from one run:
 
 - ``batch 32``: the batch size refine used before it chose one per data term;
-- ``default``: refine's default (256 images per batch with keypoints);
+- ``default``: refine's default (512 images per batch with keypoints);
 - ``lm``: ``--optimizer lm --iterations 10``;
 - ``compiled``: ``--compile``, after one untimed run that fills torch's on-disk compile cache;
 - with ``--before PATH``, a ``before`` row: the default command run from another checkout of

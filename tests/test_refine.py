@@ -126,8 +126,8 @@ def test_the_module_runs_as_a_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("terms, expected", [
-    (("keypoints",), 256),
-    (("keypoints", "keypoints3d"), 256),
+    (("keypoints",), 512),
+    (("keypoints", "keypoints3d"), 512),
     (("keypoints", "densepose"), 32),
     (("flow",), 32),
     (("refit",), 32),

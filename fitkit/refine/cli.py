@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available; "
                         "under torchrun each rank's own GPU)")
     parser.add_argument("--batch-size", type=positive_int,
-                        help="images per batch (default 256 with keypoints only: a batch costs "
+                        help="images per batch (default 512 with keypoints only: a batch costs "
                         "nearly the same per iteration whatever its size; 32 with dense terms "
                         "and refit)")
     parser.add_argument("--compile", action="store_true",

@@ -139,7 +139,7 @@ def refine_dataset(
             ``flow_rounds`` with exact flow).
         device: default CUDA when available, else the CPU; one this machine lacks is refused.
         batch_size: images fitted together (and written as one part); ``None``: the smallest
-            :attr:`~fitkit.terms.DataTerm.batch_hint` of the data terms (256 for keypoints,
+            :attr:`~fitkit.terms.DataTerm.batch_hint` of the data terms (512 for keypoints,
             32 for the dense terms and for ``refit``).
         resume, overwrite: what to do with a non-empty output folder.
         overlays: overlay pictures for the first ``overlays`` images.

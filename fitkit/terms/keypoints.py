@@ -123,7 +123,7 @@ class KeypointsTerm(ReprojectionTerm):
     """
 
     keyword = "keypoints"
-    batch_hint = 256  # joints and a few vertices (DataTerm.batch_hint)
+    batch_hint = 512  # joints and a few vertices (DataTerm.batch_hint)
     dataset_pattern = "keypoints/{name}_keypoints.json"
 
     @classmethod

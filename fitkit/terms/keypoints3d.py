@@ -179,7 +179,7 @@ class Keypoints3DTerm(DataTerm):
     """
 
     keyword = "keypoints3d"
-    batch_hint = 256  # joints and a few vertices (DataTerm.batch_hint)
+    batch_hint = 512  # joints and a few vertices (DataTerm.batch_hint)
     dataset_pattern = "keypoints3d/{name}.npz"
 
     @classmethod

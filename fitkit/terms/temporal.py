@@ -74,7 +74,7 @@ class TemporalTerm(DataTerm):
 
     keyword = "temporal"
     links_samples = True
-    batch_hint = 256  # joints and a few vertices (DataTerm.batch_hint)
+    batch_hint = 512  # joints and a few vertices (DataTerm.batch_hint)
 
     def __init__(self, observations: Mapping[str, Tensor] | Tensor,
                  sigma: float = DEFAULT_SIGMA) -> None:
