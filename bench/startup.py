@@ -4,12 +4,13 @@
 
 Each round starts one fresh Python process per command and checkout, in turn (so a change in the
 machine's load hits every row alike), and times it from start to exit: ``import torch``,
-``import fitkit`` and ``python -m fitkit.refine --help``. The table gives each row's median and
-minimum over ``--runs`` rounds and the median's excess over ``import torch``, for the wall time
-and for the CPU time (user + system, all threads) of the process: on a machine busy with other
-work the CPU time is the steadier figure. ``--checkout``
-times other source trees side by side (e.g. ``--checkout before=/tmp/fk_head --checkout
-after=.``), each imported from its own folder; the default is this repository.
+``import fitkit``, ``python -m fitkit.refine --help`` and a tiny fit (the open body and GMM
+loaded, two people fitted for two iterations: what every fitting process pays before its
+work). The table gives each row's median and minimum over ``--runs`` rounds and the median's
+excess over ``import torch``, for the wall time and for the CPU time (user + system, all
+threads) of the process: on a machine busy with other work the CPU time is the steadier figure.
+``--checkout`` times other source trees side by side (e.g. ``--checkout before=/tmp/fk_head
+--checkout after=.``), each imported from its own folder; the default is this repository.
 
 Python files are byte-compiled once into a temporary cache (``PYTHONPYCACHEPREFIX``) and one
 untimed round warms it, so the figures are those of an installed package, even where the
@@ -35,6 +36,16 @@ COMMANDS: dict[str, list[str]] = {
     "import torch": ["-c", "import torch"],
     "import fitkit": ["-c", "import fitkit"],
     "fitkit.refine --help": ["-m", "fitkit.refine", "--help"],
+    "a tiny fit": ["-c", (
+        "import torch, fitkit\n"
+        "from fitkit.fitting import SMPLify, preset\n"
+        "from fitkit.geometry import Camera\n"
+        "from fitkit.terms import KeypointsTerm\n"
+        "body = fitkit.load_body('open')\n"
+        "camera = Camera.from_image_size(128, 128, batch_size=2)\n"
+        "config = preset('spin').with_stages(iterations=2)\n"
+        "SMPLify(body, fitkit.priors.load('gmm'), config).fit(\n"
+        "    KeypointsTerm(torch.rand(2, 25, 3) * 100), camera)\n")],
 }
 """Label -> the Python arguments of each timed process."""
 

@@ -390,6 +390,7 @@ def train(*argv: str) -> int:
     (["cnf", "--steps", "-3"], "steps must be a finite number > 0, got -3"),
     (["flow", "--batch-size", "0"], "batch_size must be a finite number > 0, got 0"),
     (["flow", "--steps", "0"], "steps must be a finite number > 0, got 0"),
+    (["refit", "--betas-weight", "-1"], "--betas-weight must be >= 0, got -1.0"),
 ])
 def test_train_refuses_settings_that_would_not_train(tmp_path, capsys, argv, field):
     out = tmp_path / "model"

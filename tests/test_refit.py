@@ -391,3 +391,20 @@ def test_refit_trains_on_a_dataset_folder(body, tmp_path):
     (data / "gt.npz").unlink()
     assert train_main(["refit", "--out", str(tmp_path / "bad.pt"), "--data", str(data),
                        "--steps", "1"]) == 2
+
+
+def test_train_refit_betas_weight_reaches_the_loss_weights(tmp_path, monkeypatch) -> None:
+    """``--betas-weight`` changes only the loss's betas weight (the others keep the public
+    code's values)."""
+    import fitkit.train.refit as train_module
+    from fitkit.nets.refit import LossWeights
+    from fitkit.train.__main__ import main as train_main
+
+    seen = {}
+    monkeypatch.setattr(train_module, "train_refit",
+                        lambda *args, **kwargs: seen.update(weights=kwargs["weights"]))
+    assert train_main(["refit", "--out", str(tmp_path / "r.pt"), "--steps", "1",
+                       "--betas-weight", "0.05"]) == 0
+    assert seen["weights"] == LossWeights(betas=0.05)
+    assert train_main(["refit", "--out", str(tmp_path / "r.pt"), "--steps", "1"]) == 0
+    assert seen["weights"] == LossWeights()

@@ -457,6 +457,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         help="share of steps whose loop starts from the synthetic world's "
                         "initial estimates (regressor-like) instead of the network's guess "
                         "(default 0)")
+    parser.add_argument("--betas-weight", type=float, metavar="W",
+                        help="weight of the shape coefficients' squared error in the loss "
+                        f"(default {LossWeights.betas}, the public code's)")
     parser.add_argument("--body", default="open", help="body model: 'open' or a path")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint at --out")
@@ -475,9 +478,14 @@ def _run(args: argparse.Namespace) -> None:
         overrides["num_keypoints"] = 24
     config = dataclasses.replace(args.size, **overrides)
     augment = ReFitAugment(world_size=args.world_size)
+    weights = LossWeights()
+    if args.betas_weight is not None:
+        if not args.betas_weight >= 0:
+            raise ValueError(f"--betas-weight must be >= 0, got {args.betas_weight}")
+        weights = dataclasses.replace(weights, betas=args.betas_weight)
     train_refit(args.out, config, args.steps, args.batch_size,
                 args.lr, args.seed, args.device, args.resume, args.checkpoint_every,
-                args.val_every, args.val_size, args.workers, body, augment,
+                args.val_every, args.val_size, args.workers, body, augment, weights=weights,
                 schedule=args.schedule, reuse=args.reuse, init_fraction=args.init_fraction,
                 data=args.data)
 
