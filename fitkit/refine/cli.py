@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "nearly the same per iteration whatever its size; 32 with dense terms "
                         "and refit)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the fit's objective: the first batch compiles "
-                        "(minutes on a small CPU; cached on disk for later runs), later "
-                        "batches run about 3x faster; for large datasets")
+                        help="torch.compile the fit's objective: the first batch of each size "
+                        "compiles (minutes on a small CPU), later batches of that size fit "
+                        "about 3x faster; for datasets of many thousand images")
     parser.add_argument("--shard", metavar="i/N",
                         help="refine only batches k with k %% N == i into the common output "
                         "folder (e.g. a Slurm array); the worker that finds every batch done "
