@@ -77,16 +77,22 @@ def bodies(body: BodyModel, params: Mapping[str, np.ndarray],
         yield out.joints.cpu(), out.vertices.cpu()
 
 
-def per_sample_metrics(body: BodyModel, params: Mapping[str, np.ndarray],
-                       gt: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
-    """:data:`METRICS` of every row ``(N,)`` mm, computed chunk by chunk."""
-    values: dict[str, list[Tensor]] = {name: [] for name in METRICS}
-    for (joints, vertices), (gt_joints, gt_vertices) in zip(
-            bodies(body, params), bodies(body, gt), strict=True):
-        chunk = body_metrics(joints, gt_joints, vertices, gt_vertices)
-        for name in METRICS:
-            values[name].append(chunk[name])
-    return {name: torch.cat(value) for name, value in values.items()}
+def per_sample_metrics(body: BodyModel, sources: Mapping[str, Mapping[str, np.ndarray]],
+                       gt: Mapping[str, np.ndarray]) -> dict[str, dict[str, Tensor]]:
+    """:data:`METRICS` of every row ``(N,)`` mm of each source of parameters (``{label:
+    params}``, rows matching ``gt``'s), computed chunk by chunk; the true bodies are evaluated
+    once for all sources."""
+    values: dict[str, dict[str, list[Tensor]]] = {
+        label: {name: [] for name in METRICS} for label in sources}
+    streams = [bodies(body, params) for params in sources.values()]
+    for gt_joints, gt_vertices in bodies(body, gt):
+        for label, stream in zip(sources, streams, strict=True):
+            joints, vertices = next(stream)
+            chunk = body_metrics(joints, gt_joints, vertices, gt_vertices)
+            for name in METRICS:
+                values[label][name].append(chunk[name])
+    return {label: {name: torch.cat(value) for name, value in metrics.items()}
+            for label, metrics in values.items()}
 
 
 def finite_rows(params: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -121,9 +127,9 @@ def compute_metrics(
     if dataset.gt is not None and len(rows):
         gt = {key: dataset.gt[key][rows] for key in PARAM_SIZES}
         sources = (("init", dataset.init),) * initial + (("refined", results),)
-        for label, params in sources:
-            values[label] = per_sample_metrics(
-                body, {key: params[key][rows] for key in PARAM_SIZES}, gt)
+        values = per_sample_metrics(body, {
+            label: {key: params[key][rows] for key in PARAM_SIZES} for label, params in sources},
+            gt)
         measured = torch.stack([value.isfinite() for metrics in values.values()
                                 for value in metrics.values()]).all(dim=0)
         values = {label: {name: value[measured] for name, value in metrics.items()}
