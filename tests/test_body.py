@@ -148,7 +148,7 @@ def test_keypoint_sets_follow_smpl_and_openpose_conventions(tmp_path):
     body = load_body(write_npz(tmp_path / "body.npz", arrays))
     assert body.keypoint_sets == (
         "smpl24", "openpose25", "coco17", "coco_wholebody", "halpe26", "h36m17", "mediapipe33",
-        "markers", "vertices")
+        "markers", "sampled", "vertices")
     output = body(**random_params(2, torch.float32))
     openpose = output.keypoints("openpose25")
     assert openpose.shape == (2, 25, 3)
@@ -185,7 +185,7 @@ def test_body_without_markers_or_vertex_ids_says_so(tmp_path):
     for key in ("marker_names", "marker_ids", "vertex_ids_names", "vertex_ids"):
         del arrays[key]
     body = load_body(write_npz(tmp_path / "plain.npz", arrays))
-    assert body.keypoint_sets == ("smpl24", "h36m17", "vertices")  # H36M: joints only
+    assert body.keypoint_sets == ("smpl24", "h36m17", "sampled", "vertices")  # H36M: joints only
     output = body()
     with pytest.raises(ValueError, match="plain.npz.*marker_names"):
         output.keypoints("markers")
@@ -369,7 +369,7 @@ def test_open_body_loads_with_its_keypoint_sets():
     body = load_body()
     assert body.keypoint_sets == (
         "smpl24", "openpose25", "coco17", "coco_wholebody", "halpe26", "h36m17", "mediapipe33",
-        "markers", "vertices")
+        "markers", "sampled", "vertices")
     output = body(**random_params(2, torch.float32))
     assert output.keypoints("openpose25").shape == (2, 25, 3)
     assert output.vertices.shape == (2, body.num_vertices, 3)

@@ -408,3 +408,40 @@ def test_train_refit_betas_weight_reaches_the_loss_weights(tmp_path, monkeypatch
     assert seen["weights"] == LossWeights(betas=0.05)
     assert train_main(["refit", "--out", str(tmp_path / "r.pt"), "--steps", "1"]) == 0
     assert seen["weights"] == LossWeights()
+
+
+def test_sampled_vertices_spread_over_the_whole_body(body) -> None:
+    """Farthest-point samples: distinct, deterministic, closer-spaced nowhere than a random draw
+    of the same size, and on every DensePose part of the body."""
+    from fitkit.body.keypoints import SAMPLED_VERTICES, sample_vertex_ids
+
+    ids = body.selector.vertex_ids("sampled")
+    assert ids.shape == (SAMPLED_VERTICES,) and len(torch.unique(ids)) == SAMPLED_VERTICES
+    rest = body(betas=torch.zeros(1, 10)).vertices[0]
+    assert torch.equal(sample_vertex_ids(rest), sample_vertex_ids(rest))
+
+    def spacing(chosen: torch.Tensor) -> float:  # the smallest distance between two samples
+        distances = torch.cdist(rest[chosen], rest[chosen])
+        return float(distances[~torch.eye(len(chosen), dtype=torch.bool)].min())
+
+    draw = torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))
+    assert spacing(ids) > 3 * spacing(draw[:SAMPLED_VERTICES])
+    if body.dp_I is not None:
+        assert set(body.dp_I[ids].tolist()) == set(range(1, 25))
+    output = body(vertex_ids=ids)
+    torch.testing.assert_close(output.keypoints("sampled"), body().vertices[:, ids])
+
+
+def test_a_refit_network_reads_the_sampled_vertices(body) -> None:
+    """keypoints="sampled": one feedback channel per sampled vertex, a forward pass through the
+    loop, and a size check."""
+    from fitkit.body.keypoints import SAMPLED_VERTICES
+
+    config = dataclasses.replace(TINY, keypoints="sampled", num_keypoints=SAMPLED_VERTICES)
+    torch.manual_seed(8)
+    net = ReFit(config).eval()
+    estimates = net(torch.rand(2, 3, 32, 32), _crop(), body, iterations=2, init=_pose(2))
+    assert estimates[-1].keypoints.shape == (2, SAMPLED_VERTICES, 3)
+    assert net.keypoint_maps[-1].out_channels == SAMPLED_VERTICES
+    with pytest.raises(ValueError, match="'sampled' has 231 points"):
+        dataclasses.replace(TINY, keypoints="sampled", num_keypoints=24)

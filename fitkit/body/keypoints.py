@@ -87,8 +87,35 @@ FORMAT_SETS: dict[str, KeypointFormat] = {
 }
 """The keypoint sets of the other detectors' formats, by set name (the format's name)."""
 
-KEYPOINT_SETS: tuple[str, ...] = ("smpl24", "openpose25", *FORMAT_SETS, "markers", "vertices")
+KEYPOINT_SETS: tuple[str, ...] = ("smpl24", "openpose25", *FORMAT_SETS, "markers", "sampled",
+                                   "vertices")
 """Names of the keypoint sets a body may offer (each body lists its own in ``keypoint_sets``)."""
+
+SAMPLED_VERTICES = 231
+"""Size of the ``sampled`` keypoint set: vertices spread evenly over the body (ReFit's third
+kind of feedback keypoints, seed 001), :func:`sample_vertex_ids`."""
+
+
+def sample_vertex_ids(vertices: Tensor, count: int = SAMPLED_VERTICES) -> Tensor:
+    """Vertices spread evenly over a mesh by farthest-point sampling: the first is the vertex
+    farthest from the centroid, each next one the vertex farthest from those taken (Euclidean,
+    in the rest pose). Deterministic.
+
+    Args:
+        vertices: ``(V, 3)`` rest-pose vertices.
+        count: how many to take (at most V).
+    Returns:
+        ``(count,)`` long vertex ids, distinct.
+    """
+    if not 0 < count <= len(vertices):
+        raise ValueError(f"count must be in [1, {len(vertices)}], got {count}")
+    points = vertices.detach().double()
+    taken = [int((points - points.mean(dim=0)).norm(dim=-1).argmax())]
+    nearest = (points - points[taken[0]]).norm(dim=-1)
+    for _ in range(count - 1):
+        taken.append(int(nearest.argmax()))
+        nearest = torch.minimum(nearest, (points - points[taken[-1]]).norm(dim=-1))
+    return torch.tensor(taken, dtype=torch.long, device=vertices.device)
 
 
 def _layout() -> tuple[dict[str, tuple[int, int, int, int]], tuple[int, ...], tuple[int, ...]]:
@@ -145,6 +172,7 @@ class KeypointSelector:
         source: the body model's file, for error messages.
         format_rows: ``(sum K,)`` long, :data:`FORMAT_ROWS` on the body's device.
         format_vertices: ``(sum Kv,)`` long, :data:`FORMAT_VERTICES` on the body's device.
+        sampled_ids: ``(SAMPLED_VERTICES,)`` long, the ``sampled`` set's vertices.
     """
 
     openpose_vertex_ids: Tensor | None
@@ -153,6 +181,7 @@ class KeypointSelector:
     source: str
     format_rows: Tensor
     format_vertices: Tensor
+    sampled_ids: Tensor
 
     def vertex_ids(self, name: str) -> Tensor | None:
         """The body vertices the set ``name`` reads: ``(K,)`` long (empty for ``smpl24`` and
@@ -172,6 +201,8 @@ class KeypointSelector:
             return self.openpose_vertex_ids
         if name == "markers" and self.marker_ids is not None:
             return self.marker_ids
+        if name == "sampled":
+            return self.sampled_ids
         if name not in KEYPOINT_SETS:
             raise ValueError(f"unknown keypoint set {name!r}; known sets: "
                              f"{', '.join(KEYPOINT_SETS)}")
@@ -191,8 +222,8 @@ class KeypointSelector:
             vertices: ``(B, V, 3)`` all posed vertices (for the set ``vertices``).
         Returns:
             ``(B, K, 3)``: K = 24 (``smpl24``), 25 (``openpose25``), the format's count (a
-            format set; NaN rows for points the body cannot place), M (``markers``) or V
-            (``vertices``).
+            format set; NaN rows for points the body cannot place), M (``markers``),
+            :data:`SAMPLED_VERTICES` (``sampled``) or V (``vertices``).
         """
         if name == "smpl24":
             return joints
@@ -220,4 +251,6 @@ class KeypointSelector:
                     " so its 'markers' set is unavailable"
                 )
             return vertices_at(self.marker_ids)
+        if name == "sampled":
+            return vertices_at(self.sampled_ids)
         raise ValueError(f"unknown keypoint set {name!r}; known sets: {', '.join(KEYPOINT_SETS)}")

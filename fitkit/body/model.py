@@ -23,11 +23,13 @@ from fitkit.body.keypoints import (
     FORMAT_ROWS,
     FORMAT_VERTICES,
     OPENPOSE_VERTEX_NAMES,
+    SAMPLED_VERTICES,
     SMPL_PARENTS,
     SMPL_TO_OPENPOSE25,
     KeypointSelector,
     body_keypoint_sets,
     keypoint_set_names,
+    sample_vertex_ids,
 )
 from fitkit.body.loaders import (
     NUM_BETAS,
@@ -134,6 +136,9 @@ class BodyModel(nn.Module):
         self.register_buffer("format_rows", torch.tensor(FORMAT_ROWS), persistent=False)
         self.register_buffer("format_vertices", torch.tensor(FORMAT_VERTICES), persistent=False)
         self.register_buffer("marker_ids", _optional(data.marker_ids, torch.long))
+        self.register_buffer("sampled_ids", sample_vertex_ids(  # all of a body smaller than that
+            torch.as_tensor(data.v_template), min(SAMPLED_VERTICES, data.num_vertices)),
+            persistent=False)
         self.keypoint_sets = body_keypoint_sets(openpose_ids is not None,
                                                 data.marker_ids is not None)
 
@@ -170,7 +175,8 @@ class BodyModel(nn.Module):
     def selector(self) -> KeypointSelector:
         """The vertex-based keypoints of this body."""
         return KeypointSelector(self.openpose_vertex_ids, self.openpose_map, self.marker_ids,
-                                self.source, self.format_rows, self.format_vertices)
+                                self.source, self.format_rows, self.format_vertices,
+                                self.sampled_ids)
 
     def forward(
         self,

@@ -173,7 +173,11 @@ class ReFitSolver:
         self.net = net.to(body.device, body.dtype).eval()
         self.iterations = iterations
         self.multiview, self.shape = multiview, shape
-        body.selector.vertex_ids(net.config.keypoints)  # the body has the network's keypoints
+        ids = body.selector.vertex_ids(net.config.keypoints)  # the body has the network's set
+        count = 24 if net.config.keypoints == "smpl24" else len(ids)
+        if count != net.config.num_keypoints:
+            raise ValueError(f"the ReFit network reads {net.config.num_keypoints} "
+                             f"{net.config.keypoints!r} keypoints; body {body.source} has {count}")
 
     def pool(self, layout: GroupLayout, crop: CropInfo, pose6d: Tensor, betas: Tensor,
              camera: Tensor) -> tuple[Tensor, Tensor, Tensor]:

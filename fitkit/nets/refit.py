@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fitkit.body.keypoints import SAMPLED_VERTICES
 from fitkit.geometry.camera import Camera
 from fitkit.geometry.fullframe import (
     full_frame_adjusted_projection,
@@ -67,8 +68,10 @@ NUM_BETAS = 10
 """Shape coefficients."""
 NUM_STREAMS = NUM_JOINTS + 2
 """Update streams: 24 joint rotations, shape, camera."""
-KEYPOINT_TYPES = ("smpl24", "markers")
-"""Keypoints a ReFit network can reproject (the body's keypoint sets)."""
+KEYPOINT_TYPES = ("smpl24", "markers", "sampled")
+"""Keypoints a ReFit network can reproject (the body's keypoint sets): the 24 semantic joints,
+the body's mocap markers, or :data:`~fitkit.body.keypoints.SAMPLED_VERTICES` vertices spread
+evenly over the body (seed 001's three kinds)."""
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 """Channel means (ImageNet) subtracted from RGB crops in [0, 1]."""
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -89,7 +92,8 @@ class ReFitConfig:
     Attributes:
         image_size: side of the square crops (pixels, a multiple of 16).
         keypoints: the keypoint set reprojected for feedback (:data:`KEYPOINT_TYPES`).
-        num_keypoints: K, the keypoints of that set (24 joints; the body's markers).
+        num_keypoints: K, the keypoints of that set (24 joints; the body's markers; 231
+            sampled vertices).
         width: channels of the backbone's 1/4-resolution branch (1/8: twice, 1/16: four times).
         blocks: residual blocks per backbone branch.
         feature_channels: channels of the backbone's 1/4-resolution feature maps; 0: the
@@ -137,6 +141,9 @@ class ReFitConfig:
                              f"{self.keypoints!r}")
         if self.keypoints == "smpl24" and self.num_keypoints != NUM_JOINTS:
             raise ValueError(f"keypoints 'smpl24' has {NUM_JOINTS} points, got "
+                             f"num_keypoints={self.num_keypoints}")
+        if self.keypoints == "sampled" and self.num_keypoints != SAMPLED_VERTICES:
+            raise ValueError(f"keypoints 'sampled' has {SAMPLED_VERTICES} points, got "
                              f"num_keypoints={self.num_keypoints}")
         if not 0.0 <= self.feedback_dropout < 1.0:
             raise ValueError(f"feedback_dropout must be in [0, 1), got {self.feedback_dropout}")

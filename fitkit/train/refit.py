@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from fitkit.body.keypoints import SAMPLED_VERTICES
 from fitkit.body.model import BodyModel, load_body
 from fitkit.geometry.camera import Camera
 from fitkit.geometry.crop import crop_images
@@ -39,6 +40,7 @@ from fitkit.geometry.rotations import axis_angle_to_matrix
 from fitkit.io.runs import check_device, file_digest, seed_stream
 from fitkit.nets.checkpoint import REFIT_KIND, save_network
 from fitkit.nets.refit import (
+    KEYPOINT_TYPES,
     REFIT_CONFIGS,
     CropInfo,
     LossWeights,
@@ -427,8 +429,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=size_type(REFIT_CONFIGS), default=REFIT_CONFIGS["cpu"],
                         help=f"network size: {', '.join(REFIT_CONFIGS)} (default cpu)")
     parser.add_argument("--image-size", type=int, help="override the size's crop side")
-    parser.add_argument("--keypoints", choices=("smpl24", "markers"),
-                        help="feedback keypoints (default: the size's)")
+    parser.add_argument("--keypoints", choices=KEYPOINT_TYPES,
+                        help="feedback keypoints: smpl24 (the joints), markers (the body's "
+                        f"mocap markers) or sampled ({SAMPLED_VERTICES} vertices spread over "
+                        "the body) (default: the size's)")
     parser.add_argument("--feedback-dropout", type=float,
                         help="probability of dropping a keypoint's feedback (default 0.25)")
     parser.add_argument("--iterations", type=int, help="T in training (default 5)")
@@ -474,6 +478,8 @@ def _run(args: argparse.Namespace) -> None:
         if body.marker_ids is None:
             raise ValueError(f"body {body.source} has no markers; use --keypoints smpl24")
         overrides["num_keypoints"] = len(body.marker_ids)
+    elif overrides.get("keypoints") == "sampled":
+        overrides["num_keypoints"] = SAMPLED_VERTICES
     elif "keypoints" in overrides:
         overrides["num_keypoints"] = 24
     config = dataclasses.replace(args.size, **overrides)
