@@ -172,7 +172,7 @@ class KeypointSelector:
         source: the body model's file, for error messages.
         format_rows: ``(sum K,)`` long, :data:`FORMAT_ROWS` on the body's device.
         format_vertices: ``(sum Kv,)`` long, :data:`FORMAT_VERTICES` on the body's device.
-        sampled_ids: ``(SAMPLED_VERTICES,)`` long, the ``sampled`` set's vertices.
+        sampled_ids: ``(min(SAMPLED_VERTICES, V),)`` long, the ``sampled`` set's vertices.
     """
 
     openpose_vertex_ids: Tensor | None
