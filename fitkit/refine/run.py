@@ -282,10 +282,9 @@ def refine_dataset(
 
 def default_batch_size(names: tuple[str, ...]) -> int:
     """The batch size of a refinement with the data terms ``names`` when none is given: the
-    smallest :attr:`~fitkit.terms.DataTerm.batch_hint` (32 for a learned solver or a term
-    predicted from images)."""
-    special = (*PREDICTED_TERMS, *LEARNED_SOLVERS)
-    return min(32 if name in special else terms.term_class(name).batch_hint for name in names)
+    smallest :attr:`~fitkit.terms.DataTerm.batch_hint` (32 for a learned solver)."""
+    return min(32 if name in LEARNED_SOLVERS else terms.term_class(name).batch_hint
+               for name in names)
 
 
 def ignored_flags(names: tuple[str, ...], flow: str | None, flow_net: str | None,
