@@ -65,12 +65,42 @@ def test_the_chain_equals_composing_parent_by_parent(body) -> None:
         torch.testing.assert_close(joints[:, joint], expect_joint)
 
 
-def test_skinning_every_vertex_equals_smplx(body) -> None:
+@pytest.mark.parametrize("pose_blend", [False, True])
+def test_every_vertex_equals_smplx(body, pose_blend: bool) -> None:
+    """The body's forward pass (fitkit's skinning) equals ``smplx.SMPL`` over the same arrays,
+    also with pose blend shapes (random ones: the open body has none), every vertex and a
+    subset."""
+    if pose_blend:
+        body = copy.deepcopy(body)
+        generator = torch.Generator().manual_seed(5)
+        dirs = 0.02 * torch.randn(body.skinning.posedirs.shape, generator=generator)
+        body.skinning.posedirs = dirs  # (P, V, 3)
+        body.smpl.posedirs = dirs.flatten(1)  # smplx's (P, V * 3)
+        assert body.skinning.pose_blend
     values = params()
-    joints, vertices = body.skinning(**values)
-    reference = body(**values)  # every vertex: smplx
-    assert torch.allclose(joints, reference.joints, atol=2e-6)
-    assert torch.allclose(vertices, reference.vertices, atol=2e-6)
+    reference = body.smpl(**values)
+    output = body(**values)
+    assert torch.allclose(output.joints, reference.joints[:, :24], atol=2e-6)
+    assert torch.allclose(output.vertices, reference.vertices, atol=2e-6)
+    ids = torch.tensor([6999, 3, 4000, 3])
+    subset = body(**values, vertex_ids=ids)
+    assert torch.allclose(subset.vertices, reference.vertices[:, ids], atol=2e-6)
+
+
+def test_derived_arrays_follow_their_buffer(body) -> None:
+    """The coordinate-major copies of the blend shapes are rebuilt when the buffer is replaced
+    or changed in place, so an edited body never skins with stale arrays."""
+    skin = copy.deepcopy(body.skinning)
+    assert not skin.pose_blend
+    first = skin.posedirs_by_component
+    assert skin.posedirs_by_component is first  # cached
+    skin.posedirs[0, 10, 1] = 1.0  # in place
+    assert skin.pose_blend
+    assert skin.posedirs_by_component[0, 1, 10] == 1.0
+    skin.shapedirs = torch.zeros_like(skin.shapedirs)  # replaced
+    assert not skin.shapedirs_by_component.any()
+    skin = skin.double()
+    assert skin.shapedirs_by_component.dtype == torch.float64
 
 
 def test_sparse_vertices_and_keypoints_equal_the_full_ones_with_gradients(body) -> None:

@@ -1,4 +1,8 @@
-"""``BodyModel``: an SMPL-format body over ``smplx.SMPL``, and ``load_body``.
+"""``BodyModel``: an SMPL-format body, and ``load_body``.
+
+The forward pass is fitkit's (:mod:`fitkit.body.skinning`: every vertex or only those a fitter
+needs); the model also holds the same arrays as an ``smplx.SMPL`` (``body.smpl``), the reference
+its results are tested against.
 
 The model holds no parameters sized by batch: every forward call takes ``global_orient``,
 ``body_pose``, ``betas`` and ``transl`` (missing ones are zero) and returns a ``BodyOutput``.
@@ -186,8 +190,8 @@ class BodyModel(nn.Module):
         transl: Tensor | None = None,
         vertex_ids: Tensor | None = None,
     ) -> BodyOutput:
-        """Pose and shape the body: every vertex through ``smplx``, or with ``vertex_ids`` only
-        those (and the joints) through :mod:`fitkit.body.skinning`.
+        """Pose and shape the body (:mod:`fitkit.body.skinning`, equal to ``smplx``'s
+        evaluation): every vertex, or with ``vertex_ids`` only those (and the joints).
 
         Args:
             global_orient: ``(B, 3)`` axis-angle of the root.
@@ -205,10 +209,9 @@ class BodyModel(nn.Module):
             ValueError: an input of the wrong shape, or inputs that disagree on B.
         """
         params = self._params(global_orient, body_pose, betas, transl)
-        if vertex_ids is None:  # the whole mesh: smplx's batched path is the faster one here
-            output = self.smpl(**params)
-            return BodyOutput(output.vertices, output.joints[:, :NUM_JOINTS], self.selector)
         joints, vertices = self.skinning(**params, vertex_ids=vertex_ids)
+        if vertex_ids is None:
+            return BodyOutput(vertices, joints, self.selector)
         position = torch.full((self.num_vertices,), len(vertex_ids), dtype=torch.long,
                               device=vertex_ids.device)
         position[vertex_ids] = torch.arange(len(vertex_ids), device=vertex_ids.device)
