@@ -58,13 +58,17 @@ def test_targets_from_the_exact_field_are_the_true_projections_of_visible_vertic
         "flow", displacements=field, init_vertices=vertices(body, init), camera=cam, body=body
     )
     assert isinstance(term, FlowTerm) and term.valid.all()
-    visible = term.used
+    targets, visible = term.per_vertex()
     assert 1000 < visible.sum(dim=1).min() < body.num_vertices / 2  # the far side is hidden
+    # the term keeps only the visible vertices' slots, in vertex order
+    assert term.vertex.shape[1] == visible.sum(dim=1).max()
+    assert torch.equal(term.vertex[term.used], visible.nonzero()[:, 1])
     truth = cam.project(vertices(body, params))
     # Eq. 5 averages the field over the pixels around a vertex, which blurs it slightly where
     # it changes fast (displacements here reach ~30 px).
-    error = (truth - term.targets).norm(dim=-1)[visible]
+    error = (truth - targets).norm(dim=-1)[visible]
     assert error.median() < 0.1 and error.quantile(0.99) < 0.5 and error.max() < 1.0
+    assert (targets[~visible] == 0).all()
     # Channels-last fields give the same targets.
     again = FlowTerm.from_displacements(
         field.permute(0, 2, 3, 1), vertices(body, init), cam, faces=body.faces
@@ -98,6 +102,9 @@ def test_per_vertex_targets_count_only_visible_vertices(body):
     same = FlowTerm.from_targets(torch.where(visible[..., None], truth, float("nan")), visible)
     assert term.valid.tolist() == [True, False]
     torch.testing.assert_close(term.targets, same.targets)
+    targets, used = term.per_vertex()
+    assert torch.equal(used, visible)
+    torch.testing.assert_close(targets, torch.where(visible[..., None], truth, 0.0))
     with torch.no_grad():
         assert term.energy(body(**params), cam).abs().max() < 1e-6
         far = term.energy(body(**moved(params, 0.05)), cam)
@@ -111,9 +118,26 @@ def test_torso_view_keeps_vertices_of_torso_parts(body):
     visible = torch.ones(truth.shape[:2], dtype=torch.bool)
     torso = FlowTerm.from_targets(truth, visible, body=body).torso()
     parts = body.dp_I.long()
-    assert torch.equal(torso.used[0], (parts == 1) | (parts == 2))
+    kept = torso.vertex[0][torso.used[0]]
+    assert torch.equal(kept, ((parts == 1) | (parts == 2)).nonzero()[:, 0])
     assert torso.rho is None
     assert FlowTerm.from_targets(truth, visible).torso().used.all()  # no labels: all vertices
+
+
+def test_torso_view_reads_only_the_vertices_it_declares(body):
+    """A body evaluated only at the torso view's ``body_vertices`` (as the sparse loop and the
+    LM Jacobian evaluate it) has every vertex the view gathers, and the view's energy equals the
+    full mesh's; also when a sample has no torso target."""
+    params, cam = scene(), camera()
+    truth = cam.project(vertices(body, params))
+    visible = torch.ones(truth.shape[:2], dtype=torch.bool)
+    visible[1] = (body.dp_I.long() > 2)  # the second sample sees no torso
+    torso = FlowTerm.from_targets(truth + 3.0, visible, body=body).torso()
+    ids = torso.body_vertices(body)
+    assert len(ids) < 0.3 * body.num_vertices
+    sparse, full = body(**params, vertex_ids=ids), body(**params)
+    torch.testing.assert_close(torso.energy(sparse, cam), torso.energy(full, cam))
+    assert torso.energy(full, cam)[1] == 0
 
 
 def test_estimated_translation_places_the_body_on_its_targets(body):

@@ -77,10 +77,7 @@ class VertexTargetsTerm(ReprojectionTerm):
         reference_points: float = REFERENCE_POINTS,
     ) -> None:
         used = used & targets.isfinite().all(dim=-1)
-        # targets that do not count point at one that does, so that a body evaluated only at
-        # the targeted vertices (body_vertices) has every vertex this term gathers
-        anchor = vertex[used][:1] if bool(used.any()) else vertex.new_zeros(1)
-        self.vertex = torch.where(used, vertex, anchor)
+        self.vertex = anchored(vertex, used)
         self.num_vertices = num_vertices
         self.parts = parts
         self.reference_points = reference_points
@@ -113,7 +110,7 @@ class VertexTargetsTerm(ReprojectionTerm):
     def body_vertices(self, body: BodyModel) -> Tensor:
         """The vertices that have a target in some sample (the flow and DensePose terms read
         only those)."""
-        return torch.unique(self.vertex[self.used])
+        return torch.unique(self.vertex)  # the used ones (the others are anchored to one)
 
     def torso(self) -> VertexTargetsTerm:
         """The camera stage's view: the targets on :data:`TORSO_PARTS` (all targets when parts
@@ -124,9 +121,26 @@ class VertexTargetsTerm(ReprojectionTerm):
         if self.parts is not None:
             torso = torch.isin(self.parts, torch.tensor(TORSO_PARTS, device=self.parts.device))
             view.used = self.used & torso
+            view.vertex = anchored(self.vertex, view.used)
             view.weights = torch.where(view.used, self.weights, 0.0)
             view.valid = view.used.any(dim=-1)
         return view
+
+
+def used_first(used: Tensor) -> Tensor:
+    """``(B, N')`` the slots of ``used`` ``(B, N)`` to keep: each row's used slots first (in
+    order), ``N'`` the most any row uses (at least 1)."""
+    count = max(int(used.sum(dim=-1).max()) if used.numel() else 0, 1)
+    return torch.argsort((~used).to(torch.uint8), dim=-1, stable=True)[:, :count]
+
+
+def anchored(vertex: Tensor, used: Tensor) -> Tensor:
+    """``vertex`` ``(B, N)`` with the targets that do not count (``used`` ``(B, N)`` False)
+    pointed at one that does (vertex 0 when none does), so that a body evaluated only at the
+    targeted vertices (:meth:`VertexTargetsTerm.body_vertices`) has every vertex the term
+    gathers."""
+    anchor = vertex[used][:1] if bool(used.any()) else vertex.new_zeros(1)
+    return torch.where(used, vertex, anchor)
 
 
 @register_term("flow")
@@ -156,6 +170,10 @@ class FlowTerm(VertexTargetsTerm):
         rho, crop_size, reference_points: as :class:`VertexTargetsTerm` (100 px, 224 px, 25).
     Raises:
         ValueError: neither or both forms given, or inputs of the wrong shape.
+
+    The term keeps a slot only for the vertices that count (``vertex``, ``targets``, ``used``
+    are ``(B, N)``, each sample's in vertex order, N the most any sample has: a few hundred to a
+    few thousand of V); :meth:`per_vertex` gives them per vertex again.
 
     Input: ``fit(..., displacements=...)``, form (a) ``(B, 2, H, W)`` / ``(B, H, W, 2)`` arrays
     (with the initial parameters they were predicted on) or form (b)
@@ -254,6 +272,12 @@ class FlowTerm(VertexTargetsTerm):
                 )
             parts = body.dp_I.to(device=targets.device, dtype=torch.long).expand(batch, count)
         vertex = torch.arange(count, device=targets.device).expand(batch, count)
+        # only the slots of visible vertices are kept (a few hundred to a few thousand of 7,000)
+        visible = visible & targets.isfinite().all(dim=-1)
+        keep = used_first(visible)
+        vertex, visible = vertex.gather(1, keep), visible.gather(1, keep)
+        targets = targets.gather(1, keep[..., None].expand(-1, -1, 2))
+        parts = None if parts is None else parts.gather(1, keep)
         super().__init__(
             vertex,
             targets,
@@ -264,6 +288,17 @@ class FlowTerm(VertexTargetsTerm):
             crop_size=crop_size,
             reference_points=reference_points,
         )
+
+    def per_vertex(self) -> tuple[Tensor, Tensor]:
+        """The targets ``(B, V, 2)`` (0 where a vertex does not count) and which vertices count
+        ``(B, V)`` bool, in the body's vertex order."""
+        batch = self.vertex.shape[0]
+        used = self.used.new_zeros(batch, self.num_vertices).scatter(1, self.vertex, self.used)
+        targets = self.targets.new_zeros(batch, self.num_vertices, 2)
+        index = torch.where(self.used, self.vertex, self.num_vertices)  # unused: a spare row
+        targets = torch.cat([targets, targets[:, :1]], dim=1).scatter(
+            1, index[..., None].expand(-1, -1, 2), self.targets)[:, :-1]
+        return targets, used
 
     @classmethod
     def from_targets(
