@@ -15,9 +15,10 @@ far (it only grows).
 
 Every fit runs twice in the same process, alternating: with fitkit's sparse evaluation (the body
 evaluated only where the data terms read it, ``SMPLify(evaluation="sparse")``) and with the
-reference path (every vertex through ``smplx``, ``evaluation="full"``, the path before sparse
-evaluation). The table gives both times, their ratio, and the largest relative difference of the
-samples' final energies (sparse evaluation must not change the fit).
+reference path (every vertex through ``smplx.SMPL``, ``evaluation="full"``: the path before
+sparse evaluation and before fitkit's own skinning of the whole mesh). The table gives both
+times, their ratio, and the largest relative difference of the samples' final energies (sparse
+evaluation must not change the fit).
 
 A second table sets Levenberg-Marquardt (``optimizer="lm"``, ``--lm-iterations`` per stage,
 :mod:`fitkit.fitting.lm`) against the preset's Adam on the same batch, in the same run, for
@@ -30,17 +31,23 @@ bookkeeping, the final mesh and plausibility measures; a second, instrumented LM
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import itertools
 import resource
+import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 import fitkit
+import fitkit.fitting.adam
 import fitkit.fitting.lm
 import fitkit.fitting.smplify
+from fitkit.body import BodyModel, BodyOutput
 from fitkit.fitting import SMPLify, preset
 from fitkit.geometry import Camera
 from fitkit.priors import load
@@ -48,6 +55,22 @@ from fitkit.render import rasterize
 from fitkit.synth.annotate import densepose_iuv
 from fitkit.synth.poses import sample_body_pose
 from fitkit.terms import exact_displacements
+
+
+def smplx_body(body: BodyModel) -> BodyModel:
+    """``body`` whose forward pass is ``smplx.SMPL``'s over every vertex (the reference path;
+    it shares the model's arrays)."""
+    reference = copy.copy(body)
+
+    def forward(global_orient: Tensor | None = None, body_pose: Tensor | None = None,
+                betas: Tensor | None = None, transl: Tensor | None = None,
+                vertex_ids: Tensor | None = None) -> BodyOutput:
+        assert vertex_ids is None, "the reference path evaluates every vertex"
+        output = body.smpl(**body._params(global_orient, body_pose, betas, transl))
+        return BodyOutput(output.vertices, output.joints[:, :24], body.selector)
+
+    reference.forward = forward
+    return reference
 
 
 def make_batch(
@@ -124,6 +147,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--lm-iterations", type=int, default=10,
                         help="LM iterations per stage (0: no LM table)")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time the parts of one iteration alone (third table)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,13 +164,13 @@ def main() -> None:
               "full ms/fit", "speed-up", "max rel. energy diff", "peak MB")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    lm_rows = []
+    lm_rows, parts_rows = [], []
     for device in devices:
         body = fitkit.load_body("open", device=device)
         for term_name, prior_name in itertools.product(args.terms, args.priors):
             prior = load(prior_name)
-            fitters = {mode: SMPLify(body, prior, config, evaluation=mode)
-                       for mode in ("sparse", "full")}
+            fitters = {"sparse": SMPLify(body, prior, config),
+                       "full": SMPLify(smplx_body(body), prior, config, evaluation="full")}
             for batch in args.batch_sizes:
                 camera = config.camera(args.size, args.size, batch, device=device)
                 keypoints, truth, init = make_batch(body, camera, seed=batch)
@@ -170,6 +195,10 @@ def main() -> None:
                        f"{reference:.0f}", f"{reference / ms:.1f}x", f"{change:.1e}",
                        f"{peak_memory_mb(device):.0f}")
                 print("| " + " | ".join(row) + " |", flush=True)
+                if args.parts:
+                    parts_rows.append((device.type, term_name, prior_name, batch,
+                                       ms / iterations, iteration_parts(
+                                           body, prior, term, camera, init, fitters["sparse"])))
                 if args.lm_iterations and prior_name == "gmm" and term_name != "keypoints3d":
                     lm_rows.append((device.type, term_name, prior_name, batch, results["sparse"],
                                     lm_row(body, prior, config, args.lm_iterations, term,
@@ -191,6 +220,68 @@ def main() -> None:
                    *(f"{1000 * profile[part]:.0f}" for part in ("jacobian", "solve", "energy")),
                    f"{1000 * (2 * profile['total'] - sum(profile.values())):.0f}")
             print("| " + " | ".join(row) + " |", flush=True)
+    if parts_rows:
+        names = tuple(parts_rows[0][-1])
+        print("\nWhere an Adam iteration goes: each part's forward + backward timed alone "
+              "(median ms), against the fit's ms per iteration above")
+        header = ("device", "term", "prior", "B", "ms/iter", *names)
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for device_type, term_name, prior_name, batch, per_iteration, parts in parts_rows:
+            row = (device_type, term_name, prior_name, str(batch), f"{per_iteration:.1f}",
+                   *(f"{parts[name]:.1f}" for name in names))
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+def iteration_parts(body: fitkit.body.BodyModel, prior: torch.nn.Module,
+                    term: fitkit.terms.DataTerm, camera: Camera, init: dict[str, Tensor],
+                    fitter: SMPLify, repeats: int = 15) -> dict[str, float]:
+    """Median milliseconds of each part of a body-stage iteration run alone, forward and
+    backward: the body as the loop evaluates it (sparse where the term allows), the body over
+    every vertex (fitkit, and smplx: the reference path), the data term on a fixed body output,
+    the pose prior, and one Adam step of the four parameters."""
+    params = {name: value.detach().clone().requires_grad_(True) for name, value in init.items()}
+    evaluate = fitter._evaluator({"term": term})
+    reference = smplx_body(body)
+    with torch.no_grad():
+        output = evaluate(**params)
+
+    def body_part(model) -> Callable[[], None]:
+        def run() -> None:
+            out = model(**params)
+            (out.vertices.square().sum() + out.joints.square().sum()).backward()
+        return run
+
+    def term_part() -> None:
+        vertices = output.vertices.detach().requires_grad_(True)
+        joints = output.joints.detach().requires_grad_(True)
+        term.energy(dataclasses.replace(output, vertices=vertices, joints=joints),
+                    camera).sum().backward()
+
+    def prior_part() -> None:
+        prior.energy(params["body_pose"]).sum().backward()
+
+    optimizer = fitkit.fitting.adam.Adam(list(params.values()), lr=0.01)
+    for value in params.values():
+        value.grad = torch.ones_like(value)
+
+    parts = {"body (loop)": body_part(evaluate), "body, every vertex": body_part(body),
+             "body, every vertex (smplx)": body_part(reference), "data term": term_part,
+             "prior": prior_part, "Adam step": lambda: optimizer.step(lambda: None)}
+    times = {}
+    for name, run in parts.items():
+        samples = []
+        for repeat in range(repeats + 2):
+            if body.device.type == "cuda":
+                torch.cuda.synchronize(body.device)
+            start = time.perf_counter()
+            run()
+            if body.device.type == "cuda":
+                torch.cuda.synchronize(body.device)
+            if repeat >= 2:  # warm-up
+                samples.append(1000.0 * (time.perf_counter() - start))
+        times[name] = statistics.median(samples)
+    return times
 
 
 def lm_row(body: fitkit.body.BodyModel, prior: torch.nn.Module, config: fitkit.fitting.FitConfig,
