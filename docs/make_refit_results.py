@@ -13,7 +13,9 @@ Uses (or makes) a held-out synthetic set the networks never saw (world seed 7; t
    from the network's own guess (no body init; crop boxes around the detector keypoints) and from
    the set's ``init.npz`` (regressor-like perturbed bodies), T = 0, 2, 5, 10: MPJPE, PA-MPJPE (24
    SMPL joints, pelvis-aligned) and PVE in millimetres (:func:`fitkit.eval.metrics.body_metrics`).
-2. **Chained with SMPLify.** From the set's ``init.npz`` (regressor-like perturbed bodies): SMPLify
+2. **Paired.** Per model and start, MPJPE at T = 5 minus T = 0 and minus T = 2, image by image:
+   the mean ± its standard error and the share of images where T = 5 is better.
+3. **Chained with SMPLify.** From the set's ``init.npz`` (regressor-like perturbed bodies): SMPLify
    with detector keypoints alone (preset ``refine``, GMM); ReFit from that init (first model,
    T = 5); and ReFit's result as the init of the same SMPLify fit.
 
@@ -55,7 +57,7 @@ def make_dataset(work: Path, num: int, seed: int, size: int) -> Path:
     return data
 
 
-def scores(params: dict, gt: dict[str, torch.Tensor], body) -> dict[str, float]:
+def scores(params: dict, gt: dict[str, torch.Tensor], body) -> dict[str, torch.Tensor]:
     """Mean MPJPE, PA-MPJPE, PVE (mm) of parameters against the true ones."""
     with torch.no_grad():
         truth = body(**gt)
@@ -64,7 +66,16 @@ def scores(params: dict, gt: dict[str, torch.Tensor], body) -> dict[str, float]:
         rest_pred = body(betas=torch.as_tensor(params["betas"]).float()).vertices
     metrics = body_metrics(pred.joints, truth.joints, pred.vertices, truth.vertices)
     metrics["shape_pve"] = 1000 * (rest_pred - rest_truth).norm(dim=-1).mean(dim=-1)
-    return {key: float(metrics[key].mean()) for key in HEADERS}
+    return {key: metrics[key] for key in HEADERS}  # (B,) per image
+
+
+def paired(better: torch.Tensor, worse: torch.Tensor) -> str:
+    """``better - worse`` per image: mean ± standard error (mm) and the share of images where
+    it is negative."""
+    difference = better - worse
+    error = float(difference.std()) / len(difference) ** 0.5
+    return (f"{float(difference.mean()):+.1f} ± {error:.1f} mm, lower on "
+            f"{100 * float((difference < 0).float().mean()):.0f} % of images")
 
 
 def in_batches(fit, count: int, batch_size: int) -> fitkit.FitResult:
@@ -115,8 +126,10 @@ def main() -> int:
              "|---|---|---:|" + "---:|" * (len(HEADERS) + 1)]
     starts = {label: values for label, values in (("own guess", camera), ("init.npz", init))
               if label in args.starts}
+    comparisons = []
     for model, label in zip(args.models, labels, strict=True):
         for start_label, start_values in starts.items():
+            per_image = {}
             for iterations in ITERATIONS:
                 result = in_batches(
                     lambda part, model=model, iterations=iterations, values=start_values:
@@ -124,16 +137,22 @@ def main() -> int:
                                refit_net=model, refit_iterations=iterations,
                                keypoints=keypoints[part], **common),
                     len(names), args.batch_size)
-                score = scores(result.params, gt, body)
+                score = per_image[iterations] = scores(result.params, gt, body)
                 ms = 1000 * result.timings["total"] / len(names)
                 lines.append(f"| {label} | {start_label} | {iterations} | "
-                             + " | ".join(f"{score[k]:.1f}" for k in HEADERS) + f" | {ms:.1f} |")
+                             + " | ".join(f"{float(score[k].mean()):.1f}" for k in HEADERS)
+                             + f" | {ms:.1f} |")
                 print(lines[-1], flush=True)
+            for other in (0, 2):
+                comparisons.append(
+                    f"- {label}, {start_label}: MPJPE at T=5 minus T={other}: "
+                    + paired(per_image[5]["mpjpe"], per_image[other]["mpjpe"]))
+                print(comparisons[-1], flush=True)
 
     command = "python docs/make_refit_results.py " + shlex.join(sys.argv[1:])
     header = f"`{command}` on {len(names)} images of `{data}` (world seed {args.seed}):"
     if args.no_chain:
-        text = "\n".join([header, "", *lines, ""])
+        text = "\n".join([header, "", *lines, "", *comparisons, ""])
         (args.work / "refit.md").write_text(text)
         print(text)
         return 0
@@ -157,15 +176,15 @@ def main() -> int:
     timed[f"ReFit ({labels[0]}, T=5) → SMPLify (keypoints, GMM)"] = (
         chained, time.perf_counter() - start + timed[f"ReFit ({labels[0]}, T=5)"][1])
     score = scores(init, gt, body)
-    chain.append("| the init itself | " + " | ".join(f"{score[k]:.1f}" for k in HEADERS)
-                 + " | |")
+    chain.append("| the init itself | "
+                 + " | ".join(f"{float(score[k].mean()):.1f}" for k in HEADERS) + " | |")
     for label, (result, seconds) in timed.items():
         score = scores(result.params, gt, body)
-        chain.append(f"| {label} | " + " | ".join(f"{score[k]:.1f}" for k in HEADERS)
-                     + f" | {seconds:.0f} |")
+        chain.append(f"| {label} | " + " | ".join(f"{float(score[k].mean()):.1f}"
+                                                  for k in HEADERS) + f" | {seconds:.0f} |")
         print(chain[-1], flush=True)
 
-    text = "\n".join([header, "", *lines, "", *chain, ""])
+    text = "\n".join([header, "", *lines, "", *comparisons, "", *chain, ""])
     (args.work / "refit.md").write_text(text)
     print(text)
     return 0
