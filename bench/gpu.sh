@@ -48,7 +48,7 @@ step() {
 }
 
 step gpu_tests 120 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
-step bench_smplify 120 "$PY" bench/smplify.py --batch-sizes 64 --priors gmm --terms keypoints flow \
+step bench_smplify 150 "$PY" bench/smplify.py --batch-sizes 64 --priors gmm --terms keypoints flow --parts \
     --iterations 100
 step bench_render 60 "$PY" bench/render.py --runs 10
 step bench_flownet 60 "$PY" bench/flownet.py --no-cpu --batch-sizes 1 8 64 --train
