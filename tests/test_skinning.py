@@ -173,5 +173,10 @@ def test_a_sparse_fit_equals_the_full_fit(body, term_name: str, monkeypatch) -> 
     evaluate = SMPLify(body, None, config)._evaluator({term_name: term})
     if term_name == "keypoints":  # 24 joints and 11 vertices instead of the whole mesh
         assert len(evaluate.keywords["vertex_ids"]) == 11
-    else:  # a dense term over a batch sees most of the body: the full path is faster
-        assert evaluate is body
+    else:  # a dense term: sparse while its vertices are at most SPARSE_FRACTION of the mesh
+        share = len(term.body_vertices(body)) / body.num_vertices
+        monkeypatch.setattr(SMPLify, "SPARSE_FRACTION", share)
+        evaluate = SMPLify(body, None, config)._evaluator({term_name: term})
+        assert torch.equal(evaluate.keywords["vertex_ids"], term.body_vertices(body))
+        monkeypatch.setattr(SMPLify, "SPARSE_FRACTION", 0.99 * share)
+        assert SMPLify(body, None, config)._evaluator({term_name: term}) is body

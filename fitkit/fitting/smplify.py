@@ -212,9 +212,11 @@ class SMPLify:
     """
 
     EVALUATIONS = ("sparse", "full")
-    SPARSE_FRACTION = 0.25
+    SPARSE_FRACTION = 0.6
     """Above this share of the vertices (dense terms over a batch see most of the body), the
-    batched full evaluation is faster than the sparse one on the CPU (bench/smplify.py)."""
+    batched full evaluation is as fast as the sparse one on the CPU, and faster above about 0.8
+    (a vertex subset costs its share of the mesh plus the gathering of its arrays;
+    ``docs/benchmarks.md``)."""
 
     def __init__(
         self, body: BodyModel, prior: PosePrior | None = None, config: FitConfig | str = "spin",
