@@ -292,11 +292,12 @@ class FlowTerm(VertexTargetsTerm):
     def per_vertex(self) -> tuple[Tensor, Tensor]:
         """The targets ``(B, V, 2)`` (0 where a vertex does not count) and which vertices count
         ``(B, V)`` bool, in the body's vertex order."""
-        batch = self.vertex.shape[0]
-        used = self.used.new_zeros(batch, self.num_vertices).scatter(1, self.vertex, self.used)
-        targets = self.targets.new_zeros(batch, self.num_vertices, 2)
-        index = torch.where(self.used, self.vertex, self.num_vertices)  # unused: a spare row
-        targets = torch.cat([targets, targets[:, :1]], dim=1).scatter(
+        batch, count = self.vertex.shape[0], self.num_vertices
+        # unused slots point at a counted vertex (anchored): send them to a spare row instead,
+        # so that every scatter below writes each vertex at most once
+        index = torch.where(self.used, self.vertex, count)
+        used = self.used.new_zeros(batch, count + 1).scatter(1, index, self.used)[:, :-1]
+        targets = self.targets.new_zeros(batch, count + 1, 2).scatter(
             1, index[..., None].expand(-1, -1, 2), self.targets)[:, :-1]
         return targets, used
 
