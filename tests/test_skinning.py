@@ -78,6 +78,15 @@ def test_every_vertex_equals_smplx(body, pose_blend: bool) -> None:
         body.smpl.posedirs = dirs.flatten(1)  # smplx's (P, V * 3)
         assert body.skinning.pose_blend
     values = params()
+    grads = {}
+    for name, model in (("smplx", body.smpl), ("fitkit", body)):
+        leaves = {key: value.clone().requires_grad_(True) for key, value in values.items()}
+        out = model(**leaves)
+        (out.vertices.square().sum() + out.joints[:, :24].pow(3).sum()).backward()
+        grads[name] = {key: leaf.grad for key, leaf in leaves.items()}
+    for key in values:  # the gradients too: the fitter differentiates this path
+        torch.testing.assert_close(grads["fitkit"][key], grads["smplx"][key],
+                                   rtol=1e-4, atol=1e-3)
     reference = body.smpl(**values)
     output = body(**values)
     assert torch.allclose(output.joints, reference.joints[:, :24], atol=2e-6)
