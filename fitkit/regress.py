@@ -40,8 +40,15 @@ from torch import Tensor
 
 from fitkit.fitting.result import parameter_arrays
 from fitkit.fitting.settings import resolve_device
-from fitkit.geometry import Camera, crop_boxes, crop_images, weak_perspective_to_full_frame
+from fitkit.geometry import (
+    Camera,
+    crop_boxes,
+    crop_images,
+    pixels_to_crop,
+    weak_perspective_to_full_frame,
+)
 from fitkit.io.inputs import FitInputError, ImageInput, read_images, read_keypoints
+from fitkit.io.keypoint_formats import format_code
 from fitkit.io.params import write_params
 from fitkit.nets.checkpoint import load_network
 from fitkit.nets.regressor import REGRESSOR_KIND, Regressor
@@ -205,6 +212,23 @@ def person_crop(image: np.ndarray, box_center: Tensor, box_size: float, resoluti
                        torch.tensor([box_size / k], device=device, dtype=dtype), resolution)
 
 
+def _check_network_keypoints(model: Regressor, keypoints: Tensor | None,
+                             named: Any) -> None:
+    """Refuse, naming the format, keypoints a network that reads them cannot use: none, another
+    count of points, or files that name another format."""
+    name = model.config.keypoint_format
+    if not name:
+        return
+    count = model.config.keypoint_count
+    if keypoints is None:
+        raise FitInputError(f"regress: this regressor reads the person's {name} keypoints "
+                            f"({count} points) besides the crop, and none were given")
+    codes = set(np.unique(np.asarray(named)).tolist()) - {0} if named is not None else set()
+    if keypoints.shape[1] != count or codes - {format_code(name)}:
+        raise FitInputError(f"regress: this regressor reads {name} keypoints ({count} points), "
+                            f"got {keypoints.shape[1]} points per person")
+
+
 def _as_tensor(value: Any, name: str, shape: tuple[int | None, ...]) -> Tensor:
     """``value`` as a float tensor of ``shape`` (None: any size), or a clear error."""
     tensor = torch.as_tensor(np.asarray(value.detach().cpu() if isinstance(value, Tensor)
@@ -237,7 +261,8 @@ def regress(
         boxes: ``(B, 4)`` person boxes ``(x0, y0, x1, y1)`` in pixels (array or tensor).
         keypoints: what ``fitkit.fit`` takes as ``keypoints``: ``(B, K, 3)`` arrays of a
             keypoint format or JSON path(s) (:func:`fitkit.io.inputs.read_keypoints`, or its
-            output); used for the boxes only.
+            output): the boxes, and the network's input where it reads keypoints (required
+            then, in its format).
         net: ``"auto"`` (the shipped open regressor ``fitkit/nets/data/regressor_open.pt``), a
             fitkit regressor checkpoint path, or a :class:`~fitkit.nets.regressor.Regressor`.
         device: where the network runs; default CUDA when available, else the CPU.
@@ -250,7 +275,7 @@ def regress(
         FileNotFoundError: a missing image, keypoint file or checkpoint (``"auto"`` before the
             shipped network exists: its path).
         FitInputError: inputs of the wrong shape or batch size, a bad ``batch_size``, an
-            unreadable image.
+            unreadable image; no keypoints, or another format, for a network that reads them.
         CheckpointError: a checkpoint that is not a fitkit regressor.
     """
     start = time.perf_counter()
@@ -269,10 +294,13 @@ def regress(
     elif camera.focal_length.shape[0] != count:
         raise FitInputError(f"regress: {camera.focal_length.shape[0]} cameras for {count} images")
     camera = camera.to("cpu", torch.float32)
+    named = None
     if keypoints is not None:
         if not isinstance(keypoints, Mapping):
             keypoints = read_keypoints(keypoints)
+        named = keypoints.get("keypoint_format")
         keypoints = _as_tensor(keypoints["keypoints"], "keypoints", (None, None, 3))
+    _check_network_keypoints(model, keypoints, named)
     if boxes is not None:
         boxes = _as_tensor(boxes, "boxes", (None, 4))
     for name, value in (("keypoints", keypoints), ("boxes", boxes)):
@@ -284,7 +312,12 @@ def regress(
     crops = torch.cat([person_crop(image, box_center[i], float(box_size[i]), resolution, device,
                                    dtype) for i, image in enumerate(pictures)])
     cropped = time.perf_counter()
-    outputs = [model(model.normalize_crops(crops[first:first + batch_size]))
+    points = None
+    if model.config.keypoint_format:
+        points = torch.cat([pixels_to_crop(keypoints[..., :2], box_center, box_size),
+                            keypoints[..., 2:]], dim=-1).to(device)
+    outputs = [model(model.normalize_crops(crops[first:first + batch_size]),
+                     None if points is None else points[first:first + batch_size])
                for first in range(0, count, batch_size)]
     estimate = {key: torch.cat([output[key] for output in outputs]).float().cpu()
                 for key in ("global_orient", "body_pose", "betas", "cam")}

@@ -192,6 +192,67 @@ def test_normalize_crops_takes_images_and_tensors_alike() -> None:
         net(torch.zeros(1, 3, 96, 96))
 
 
+def test_a_keypoint_network_reads_the_points_it_was_made_for() -> None:
+    with pytest.raises(ValueError, match="keypoint_format must be empty or one of"):
+        RegressorConfig(keypoint_format="nope")
+    torch.manual_seed(3)
+    net = Regressor(RegressorConfig(keypoint_format="body25")).eval()
+    assert net.config.keypoint_count == 25
+    assert net.fc1.in_features == net.config.feature_dim + 75 + 157
+    with torch.no_grad():
+        net.decpose.weight.normal_()  # the output follows the input
+    images = torch.randn(2, 3, 64, 64)
+    points = torch.rand(2, 25, 3) * 2.0 - 1.0
+    points[..., 2] = 0.8
+    points[0, 4] = torch.tensor([0.3, 0.2, 0.0])  # not detected
+    points[1, 4, 0] = torch.nan
+    points[:, 7, :2] = 2.5  # outside the box
+    with torch.no_grad():
+        out = net(images, points)["pose6d"]
+        moved = points.clone()
+        moved[:, 3, :2] += 0.2
+        assert (net(images, moved)["pose6d"] - out).abs().amax(dim=1).min() > 1e-3
+        ignored = points.clone()
+        ignored[0, 4, :2] = -0.9  # a point of confidence 0 does not count
+        ignored[:, 7, :2] = 9.0  # nor does how far outside the box a point is
+        torch.testing.assert_close(net(images, ignored)["pose6d"], out, atol=0, rtol=0)
+    features = net.keypoint_features(points).view(2, 25, 3)
+    assert features.isfinite().all() and (features[:, 7, :2] == 2.0).all()
+    assert (features[0, 4] == 0).all() and (features[1, 4] == 0).all()
+    with pytest.raises(ValueError, match="none were given"):
+        net(images)
+    with pytest.raises(ValueError, match=r"reads 25 keypoints \(body25\)"):
+        net(images, points[:, :17])
+    with pytest.raises(ValueError, match="crop alone; keypoints were given"):
+        Regressor()(images, points)
+
+
+def test_regress_gives_a_keypoint_network_the_crop_coordinates(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    net = Regressor(RegressorConfig(keypoint_format="body25")).eval()
+    path = save_network(tmp_path / "kp.pt", net)
+    seen = []
+    net.keypoint_features = lambda points: seen.append(points) or Regressor.keypoint_features(
+        net, points)
+    images = np.zeros((2, 120, 160, 3), np.uint8)
+    keypoints = np.random.default_rng(0).uniform(20.0, 100.0, (2, 25, 3))
+    keypoints[..., 2] = 0.9
+    keypoints[1, 5] = 0.0  # OpenPose's "not detected"
+    estimate = regress(images, keypoints=keypoints, net=net, device="cpu")
+    given = torch.as_tensor(keypoints, dtype=torch.float32)
+    expected = torch.cat([pixels_to_crop(given[..., :2], estimate.box_center,
+                                         estimate.box_size), given[..., 2:]], dim=-1)
+    torch.testing.assert_close(seen[0], expected)
+    loaded = load_network(path, "regressor")
+    assert loaded.config.keypoint_format == "body25"
+    again = regress(images, keypoints=keypoints, net=path, device="cpu")
+    torch.testing.assert_close(again.params["body_pose"], estimate.params["body_pose"])
+    with pytest.raises(FitInputError, match="body25 keypoints .* none were given"):
+        regress(images, boxes=np.array([[0, 0, 50, 50]] * 2), net=path)
+    with pytest.raises(FitInputError, match="reads body25 keypoints .25 points., got 17"):
+        regress(images, keypoints=keypoints[:, :17], net=path)
+
+
 def test_checkpoint_round_trip_through_the_registry(small_net_path: Path) -> None:
     net = load_network(small_net_path, "regressor")
     assert isinstance(net, Regressor) and net.config == RegressorConfig(image_size=64)

@@ -21,6 +21,7 @@ from fitkit.body import load_body
 from fitkit.geometry import Camera, crop_images
 from fitkit.io.keypoint_formats import KEYPOINT_FORMATS
 from fitkit.io.params import ParamsFileError, read_params
+from fitkit.nets import load_network
 from fitkit.synth.__main__ import main as synth_main
 from fitkit.train.__main__ import main as train_main
 from fitkit.train.fits import (
@@ -274,10 +275,16 @@ def test_two_gloo_ranks_write_the_dictionary_of_one_rank(data, reference, tmp_pa
         (reference / "fits.npz").read_bytes()
 
 
-def test_static_training_never_changes_the_dictionary(data, reference, tmp_path):
+def test_static_training_never_changes_the_dictionary(data, reference, tmp_path, capsys):
     out = tmp_path / "static"
-    _train(data, out, "--static")
+    _train(data, out, "--static", "--image-only")
     assert (out / "fits.npz").read_bytes() == (out / "fits_initial.npz").read_bytes()
+    # the network reads the folder's keypoints by default, the crop alone with --image-only
+    assert load_network(reference / "regressor.pt").config.keypoint_format == "body25"
+    assert load_network(out / "regressor.pt").config.keypoint_format == ""
+    capsys.readouterr()
+    assert train_main(_command(data, reference, "--resume", "--image-only")) == 2
+    assert "keypoint_input" in capsys.readouterr().err  # the other choice is refused, named
     assert (out / "fits_initial.npz").read_bytes() == \
         (reference / "fits_initial.npz").read_bytes()
     assert not torch.equal(_model(out)["decpose.weight"], _model(reference)["decpose.weight"])
@@ -320,3 +327,32 @@ def test_validation_reports_errors_and_leaves_the_network_training(data, tmp_pat
     assert net.training
     assert entry["dictionary_pa_mpjpe"] < 1.0  # the true bodies: no error
     assert entry["val_mpjpe"] > 10.0 and math.isfinite(entry["val_pa_mpjpe"])
+
+
+def test_the_network_reads_the_augmented_crops_keypoints(data, tmp_path):
+    from fitkit.nets.regressor import Regressor, RegressorConfig
+    from fitkit.train.spin import Ranks, SpinAugment, SpinSettings, SpinTrainer
+
+    settings = SpinSettings(batch_size=4, static=True,
+                            augment=SpinAugment(rotation_probability=1.0))
+    trainer = SpinTrainer(data, tmp_path / "out", settings, None, 1, "cpu", False, 1, None,
+                          0, 0, "open", "gmm", False, Ranks())
+    gt = trainer.folder.gt
+    fits = FitsDictionary(trainer.folder.names, {k: torch.from_numpy(v) for k, v in gt.items()},
+                          torch.zeros(len(trainer.folder)))
+    net = Regressor(RegressorConfig(image_size=32, keypoint_format="body25"))
+    seen = []
+
+    def model(crops, keypoints):
+        seen.append(keypoints)
+        return net(crops, keypoints)
+
+    draws = [0, 1, 2, 3]
+    trainer.chunk(draws, model, net, fits)
+    rows = trainer.folder.rows(settings.seed, draws)
+    scale, angle, flip = settings.augment.draw(settings.seed, draws)
+    assert flip.any() and (angle != 0).any()  # the draws are augmented
+    center, size = trainer.folder.boxes(rows)
+    expected = crop_keypoints(trainer.folder.keypoints[torch.as_tensor(rows)], center,
+                              size * scale, angle, flip, trainer.permutation)
+    torch.testing.assert_close(seen[0], expected)

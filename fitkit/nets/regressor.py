@@ -23,7 +23,13 @@ coordinates (``[-1, 1]`` across the box: a body point ``X`` is at ``s (X_xy + (t
 convention), which :func:`fitkit.geometry.weak_perspective_to_full_frame` turns into the full
 image's ``transl`` (seed 000, A.1).
 
-Inputs: RGB crops normalised with ImageNet's channel statistics (:meth:`Regressor.normalize_crops`).
+Inputs: RGB crops normalised with ImageNet's channel statistics (:meth:`Regressor.normalize_crops`)
+and, for a network made with a ``keypoint_format`` (:class:`RegressorConfig`), the person's 2D
+keypoints of that format in crop coordinates: each point's ``(x, y, confidence)`` (zeros for a
+missing point, :meth:`Regressor.keypoint_features`) joins the image feature at the input of every
+IEF step. The 2D points are what a keypoint fit has anyway, and lifting them is far easier to
+learn than reading the pose from pixels: a small network trained from scratch on 64-pixel crops
+learns the pose from them and not from the image (``docs/spin.md``).
 
 Open mean parameters (:func:`open_mean_params`): SPIN's ``smpl_mean_params.npz`` is licensed with
 SMPL, so fitkit builds its own: the body pose is the per-joint weighted chordal mean
@@ -50,6 +56,7 @@ from fitkit.geometry.rotations import (
     matrix_to_rot6d,
     rot6d_to_matrix,
 )
+from fitkit.io.keypoint_formats import KEYPOINT_FORMATS
 from fitkit.nets.checkpoint import register_network
 from fitkit.nets.refit import IMAGE_MEAN, IMAGE_STD, MEAN_CAMERA, NUM_BETAS, NUM_JOINTS
 
@@ -81,6 +88,9 @@ class RegressorConfig:
         iterations: IEF steps from the mean parameters (SPIN: 3).
         hidden: width of ``fc1`` and ``fc2`` (SPIN: 1024).
         dropout: probability of ``drop1`` and ``drop2`` in training (SPIN: 0.5).
+        keypoint_format: a keypoint format (:data:`fitkit.io.keypoint_formats.KEYPOINT_FORMATS`)
+            whose 2D points the network reads besides the crop, or ``""``: the crop alone
+            (SPIN's network).
     """
 
     backbone: str = "small"
@@ -88,6 +98,7 @@ class RegressorConfig:
     iterations: int = 3
     hidden: int = 512
     dropout: float = 0.5
+    keypoint_format: str = ""
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -101,6 +112,14 @@ class RegressorConfig:
                              f"{self.iterations} and {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RegressorConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.keypoint_format and self.keypoint_format not in KEYPOINT_FORMATS:
+            raise ValueError(f"RegressorConfig.keypoint_format must be empty or one of "
+                             f"{', '.join(KEYPOINT_FORMATS)}, got {self.keypoint_format!r}")
+
+    @property
+    def keypoint_count(self) -> int:
+        """K, the 2D keypoints the network reads (0: the crop alone)."""
+        return KEYPOINT_FORMATS[self.keypoint_format].count if self.keypoint_format else 0
 
     @property
     def feature_dim(self) -> int:
@@ -209,7 +228,8 @@ class Regressor(nn.Module):
             setattr(self, f"layer{index + 1}", _stage(channels, mid, count, 1 if index == 0 else 2))
             channels = EXPANSION * mid
         params = POSE_DIM + NUM_BETAS + NUM_CAMERA
-        self.fc1 = nn.Linear(config.feature_dim + params, config.hidden)
+        self.fc1 = nn.Linear(config.feature_dim + 3 * config.keypoint_count + params,
+                             config.hidden)
         self.drop1 = nn.Dropout(config.dropout)
         self.fc2 = nn.Linear(config.hidden, config.hidden)
         self.drop2 = nn.Dropout(config.dropout)
@@ -278,21 +298,54 @@ class Regressor(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return x.mean(dim=(2, 3))
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Regress SMPL parameters from crops.
+    def keypoint_features(self, keypoints: Tensor) -> Tensor:
+        """The network's keypoint input: ``(x, y, confidence)`` of each point, zeros where the
+        confidence is not positive or a value is not finite; coordinates clamped to ``[-2, 2]``
+        (a box's side each way).
+
+        Args:
+            keypoints: ``(B, K, 3)`` crop coordinates (``[-1, 1]`` across the box) and
+                confidence, K = ``config.keypoint_count``, in the format's order.
+        Returns:
+            ``(B, 3 K)``.
+        Raises:
+            ValueError: another shape.
+        """
+        count = self.config.keypoint_count
+        if keypoints.ndim != 3 or tuple(keypoints.shape[1:]) != (count, 3):
+            raise ValueError(f"this regressor reads {count} keypoints "
+                             f"({self.config.keypoint_format}) as (B, {count}, 3), got "
+                             f"{tuple(keypoints.shape)}")
+        keypoints = keypoints.to(self.init_pose)
+        used = keypoints.isfinite().all(dim=-1, keepdim=True) & (keypoints[..., 2:] > 0.0)
+        points = torch.cat([keypoints[..., :2].clamp(-2.0, 2.0), keypoints[..., 2:]], dim=-1)
+        return torch.where(used, points, 0.0).flatten(1)
+
+    def forward(self, images: Tensor, keypoints: Tensor | None = None) -> dict[str, Tensor]:
+        """Regress SMPL parameters from crops (and 2D keypoints).
 
         Args:
             images: ``(B, 3, S, S)`` float crops normalised as :meth:`normalize_crops` does,
                 ``S = config.image_size``.
+            keypoints: ``(B, K, 3)`` the crops' keypoints (:meth:`keypoint_features`): required
+                by a network with a ``keypoint_format``, refused by one without.
         Returns:
             ``"pose6d"`` ``(B, 144)`` (24 joints, root first, 6D), ``"rotmat"`` ``(B, 24, 3, 3)``,
             ``"global_orient"`` ``(B, 3)`` and ``"body_pose"`` ``(B, 69)`` axis-angle,
             ``"betas"`` ``(B, 10)``, ``"cam"`` ``(B, 3)`` weak-perspective ``(s, tx, ty)`` in
             crop coordinates.
         Raises:
-            ValueError: crops of another shape or an integer dtype.
+            ValueError: crops of another shape or an integer dtype; keypoints missing, of
+                another shape, or given to a network that does not read them.
         """
         feature = self.features(images)
+        if self.config.keypoint_format:
+            if keypoints is None:
+                raise ValueError(f"this regressor reads {self.config.keypoint_format} keypoints "
+                                 "besides the crop; none were given")
+            feature = torch.cat([feature, self.keypoint_features(keypoints)], dim=1)
+        elif keypoints is not None:
+            raise ValueError("this regressor reads the crop alone; keypoints were given")
         batch = feature.shape[0]
         pose = self.init_pose.expand(batch, -1)
         betas = self.init_shape.expand(batch, -1)

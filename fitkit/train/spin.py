@@ -485,12 +485,16 @@ class SpinSettings:
             chunk, so a run's numbers depend on it, not on the number of ranks.
         lr: Adam's learning rate (SPIN: 3e-5 from an ImageNet backbone).
         seed: draws, augmentation, initialization and dropout.
-        fit_iterations: SMPLify's iterations per stage in the loop (SPIN: 50; 10 keeps a CPU
-            step near 0.5 s).
-        initial_iterations: per stage, for the initial fits from the mean pose (default
-            ``fit_iterations``: one SMPLify for the initial fits and the loop, as SPIN).
+        fit_iterations: SMPLify's iterations per stage in the loop (SPIN's supplement: 50).
+        initial_iterations: per stage, for the initial fits from the mean pose (default twice
+            ``fit_iterations``, the measured configuration of ``docs/results.md``: 50 in the
+            loop and 100 initially, SPIN's code's length; with 10 and 10 the dictionary got
+            worse in the loop).
         threshold: the keypoint loss of a valid fit.
         static: train on the initial dictionary only.
+        keypoint_input: the network reads the folder's 2D keypoints besides the crop
+            (:class:`fitkit.nets.regressor.RegressorConfig` ``keypoint_format``); ``False``:
+            the crop alone, as SPIN's.
         augment, weights: :class:`SpinAugment`, :class:`SpinWeights`.
     """
 
@@ -498,15 +502,16 @@ class SpinSettings:
     chunk: int | None = None
     lr: float = 2e-4
     seed: int = 1
-    fit_iterations: int = 10
+    fit_iterations: int = 50
     initial_iterations: int | None = None
     threshold: float = VALID_THRESHOLD
     static: bool = False
+    keypoint_input: bool = True
     augment: SpinAugment = dataclasses.field(default_factory=SpinAugment)
     weights: SpinWeights = dataclasses.field(default_factory=SpinWeights)
 
     def __post_init__(self) -> None:
-        self.initial_iterations = self.initial_iterations or self.fit_iterations
+        self.initial_iterations = self.initial_iterations or 2 * self.fit_iterations
         check_positive(batch_size=self.batch_size, chunk=self.chunk or 1, lr=self.lr,
                        fit_iterations=self.fit_iterations,
                        initial_iterations=self.initial_iterations, threshold=self.threshold)
@@ -538,11 +543,13 @@ class SpinTrainer:
         check_non_negative(val_every=val_every, val_size=val_size)
         check_device(device)
         settings = settings.for_ranks(ranks.world)
+        self.folder = KeypointFolder(data)
+        if config is not None:
+            config = self.network_config(config, settings)
         self.settings, self.steps, self.device, self.ranks = settings, steps, device, ranks
         self.out, self.checkpoint_every, self.val_every = Path(out), checkpoint_every, val_every
         self.progress = progress and ranks.rank == 0
         self.log_every = log_every
-        self.folder = KeypointFolder(data)
         self.permutation = keypoint_flip_permutation(self.folder.format)
         self.joint_weights = default_joint_weights(self.folder.format.name)
         self.val = KeypointFolder(val) if val is not None else None
@@ -567,6 +574,13 @@ class SpinTrainer:
             self.run_settings["initial"] = file_digest(self.initial_file)
         self.resume = resume
         self.store: RunStore | None = None
+
+    def network_config(self, config: RegressorConfig,
+                       settings: SpinSettings) -> RegressorConfig:
+        """``config`` reading the folder's keypoints where ``settings.keypoint_input``, else the
+        crop alone."""
+        name = self.folder.format.name if settings.keypoint_input else ""
+        return dataclasses.replace(config, keypoint_format=name)
 
     # ------------------------------------------------------------------ the output folder
 
@@ -662,7 +676,7 @@ class SpinTrainer:
             if "fits" not in state["training"]:
                 raise RunError(f"{checkpoint}: field 'training' lacks the fits dictionary")
             fits = FitsDictionary.from_state_dict(state["training"]["fits"], str(checkpoint))
-        config = self.config or REGRESSOR_CONFIGS["small"]
+        config = self.config or self.network_config(REGRESSOR_CONFIGS["small"], settings)
         torch.manual_seed(settings.seed)
         net = Regressor(config).to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
@@ -778,7 +792,8 @@ class SpinTrainer:
                                    self.permutation).to(device)
         torch.manual_seed(int(torch.randint(2**62, (), generator=seed_stream(
             settings.seed, DROPOUT_STREAM, draws[0]))))
-        output = model(net.normalize_crops(crops.to(device)))
+        output = model(net.normalize_crops(crops.to(device)),
+                       target_2d if net.config.keypoint_format else None)
 
         count = len(rows)
         if settings.static:
@@ -1007,12 +1022,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         help="Adam's learning rate (default 2e-4 from scratch; SPIN: 3e-5 from "
                         "an ImageNet backbone)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--fit-iterations", type=positive_int, default=10,
-                        help="SMPLify iterations per stage in the loop (default 10, the CPU "
-                        "configuration; SPIN: 50)")
+    parser.add_argument("--fit-iterations", type=positive_int, default=50,
+                        help="SMPLify iterations per stage in the loop (default 50, SPIN's)")
     parser.add_argument("--initial-iterations", type=positive_int,
                         help="SMPLify iterations per stage of the initial fits (default: "
-                        "--fit-iterations)")
+                        "twice --fit-iterations)")
     parser.add_argument("--threshold", type=positive_float, default=VALID_THRESHOLD,
                         help="keypoint loss below which a fit supervises (default 100)")
     parser.add_argument("--initial", type=Path, metavar="FILE",
@@ -1020,6 +1034,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         "fits_initial.npz on the same folder) instead of fitting one")
     parser.add_argument("--static", action="store_true",
                         help="train on the initial fits only (the baseline)")
+    parser.add_argument("--image-only", action="store_true",
+                        help="the network reads the crop alone (SPIN's); default: the crop and "
+                        "the folder's 2D keypoints")
     parser.add_argument("--rotation", type=float, default=30.0,
                         help="rotation augmentation, degrees (default 30; 0: none)")
     parser.add_argument("--flip", type=float, default=0.5,
@@ -1041,7 +1058,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> None:
     augment = SpinAugment(rotation=args.rotation, flip=args.flip)
     settings = SpinSettings(args.batch_size, args.chunk, args.lr, args.seed, args.fit_iterations,
-                            args.initial_iterations, args.threshold, args.static, augment)
+                            args.initial_iterations, args.threshold, args.static,
+                            keypoint_input=not args.image_only, augment=augment)
     config = args.size
     if args.image_size is not None:
         config = dataclasses.replace(config or REGRESSOR_CONFIGS["small"],
