@@ -263,6 +263,23 @@ def test_checkpoint_round_trip_through_the_registry(small_net_path: Path) -> Non
         torch.testing.assert_close(net(images)["pose6d"], original(images)["pose6d"])
 
 
+def test_a_checkpoint_from_before_the_keypoint_input_loads_as_image_only(
+        small_net_path: Path, tmp_path: Path) -> None:
+    state = torch.load(small_net_path, weights_only=True)
+    del state["config"]["keypoint_format"]  # as fitkit wrote regressors before the field
+    torch.save(state, tmp_path / "old.pt")
+    old = load_network(tmp_path / "old.pt", "regressor")
+    assert old.config == RegressorConfig(image_size=64) and old.config.keypoint_format == ""
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(old(images)["pose6d"],
+                                   load_network(small_net_path)(images)["pose6d"])
+    state["config"]["colour"] = 1
+    torch.save(state, tmp_path / "unknown.pt")
+    with pytest.raises(CheckpointError, match=r"unknown fields \['colour'\]"):
+        load_network(tmp_path / "unknown.pt")
+
+
 def test_spin_checkpoint_loads_strictly_into_resnet50(tmp_path: Path) -> None:
     state = spin_hmr_state()  # without BatchNorm counters, as older PyTorch wrote them
     path = spin_checkpoint(tmp_path / "model_checkpoint.pt", state)

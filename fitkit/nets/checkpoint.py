@@ -220,16 +220,21 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[st
 
 def config_from_dict(values: dict[str, Any], where: str = "config",
                      kind: str = FLOWNET_KIND) -> Any:
-    """The config of a network of ``kind`` from saved fields, exactly (no missing or unknown
-    field).
+    """The config of a network of ``kind`` from saved fields: no unknown field, and no missing
+    field but one with a default. A field added to a config later must default to what networks
+    did before it (``RegressorConfig.keypoint_format``: ``""``, the crop alone), so that the
+    checkpoints written before it load as what they are.
 
     Raises:
         CheckpointError: naming ``where`` and the offending field.
         ValueError: ``kind`` is not registered.
     """
     config_class = _registered(kind).config_class
-    known = {field.name for field in dataclasses.fields(config_class)}
-    unknown, missing = set(values) - known, known - set(values)
+    fields = dataclasses.fields(config_class)
+    known = {field.name for field in fields}
+    required = {field.name for field in fields if field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING}
+    unknown, missing = set(values) - known, required - set(values)
     if unknown or missing:
         raise CheckpointError(f"{where}: unknown fields {sorted(unknown)}, missing fields "
                               f"{sorted(missing)}")
