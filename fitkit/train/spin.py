@@ -14,7 +14,8 @@ epoch, in a fresh order each epoch):
 1. crop each image around its keypoints (the box of :func:`fitkit.regress.person_boxes`, the one
    ``fitkit.regress`` uses), jittered in scale, turned and mirrored as SPIN does
    (:class:`SpinAugment`, :func:`augmented_crops`);
-2. regress; take the estimate back to the un-augmented image
+2. regress from the crop and (``keypoint_input``, the default) the keypoints moved into the
+   augmented crop (:func:`crop_keypoints`); take the estimate back to the un-augmented image
    (:func:`fitkit.train.fits.unaugment_pose`; its weak-perspective camera becomes the full-frame
    translation, :func:`fitkit.geometry.weak_perspective_to_full_frame`);
 3. SMPLify from it with the keypoints term in the full image's camera (:func:`spin_fit_config`:
