@@ -486,3 +486,17 @@ def test_refine_init_regress(dataset: Path, small_net_path: Path, tmp_path: Path
                               net=small_net_path)
     np.testing.assert_allclose(results["focal_length"], estimate.params["focal_length"])
     assert not results["flag_bad_input"].any() and np.isfinite(results["body_pose"]).all()
+
+
+def test_refine_init_regress_with_a_keypoint_network_names_a_missing_keypoint_file(
+        dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fitkit.refine.cli import main
+
+    folder = tmp_path / "no_keypoints"
+    shutil.copytree(dataset, folder, ignore=shutil.ignore_patterns("init.npz", "keypoints"))
+    net = save_network(tmp_path / "kp.pt", Regressor(RegressorConfig(keypoint_format="body25")))
+    code = main(["--input", str(folder), "--output", str(tmp_path / "out"), "--data-term",
+                 "densepose", "--quiet", "--init", "regress", "--regress-net", str(net)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "reads the person's body25 keypoints" in err and "_keypoints.json is missing" in err

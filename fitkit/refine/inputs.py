@@ -72,12 +72,20 @@ def regressed_init(
     Returns:
         ``global_orient``, ``body_pose``, ``betas``, ``transl``, ``focal_length``,
         ``camera_center``, ``(B, ...)`` float32.
+    Raises:
+        FitInputError: a regressor that reads keypoints, and an image without its file.
     """
     images = predicted_inputs(dataset, names, fitter, errors)["images"]
     if keypoints is None:
         files = dataset.files(terms.term_class("keypoints").dataset_pattern, names)
-        if all(path.is_file() for path in files):
+        missing = [path for path in files if not path.is_file()]
+        if not missing:
             keypoints = read_keypoints(files, [""] * len(names))  # unreadable: whole image
+        elif regressor.config.keypoint_format:
+            raise FitInputError(f"--init regress: the regressor reads the person's "
+                                f"{regressor.config.keypoint_format} keypoints besides the "
+                                f"image; {missing[0]} is missing ({len(missing)} of the "
+                                f"{len(names)} images of this batch lack theirs)")
     estimate = regress(images, keypoints=keypoints, net=regressor, device=fitter.device)
     arrays = estimate.as_arrays()
     del arrays["image_names"]
