@@ -48,7 +48,7 @@ from fitkit.geometry import (
     weak_perspective_to_full_frame,
 )
 from fitkit.io.inputs import FitInputError, ImageInput, read_images, read_keypoints
-from fitkit.io.keypoint_formats import format_code
+from fitkit.io.keypoint_formats import KEYPOINT_FORMATS, format_code
 from fitkit.io.params import write_params
 from fitkit.nets.checkpoint import load_network
 from fitkit.nets.regressor import REGRESSOR_KIND, Regressor
@@ -224,9 +224,12 @@ def _check_network_keypoints(model: Regressor, keypoints: Tensor | None,
         raise FitInputError(f"regress: this regressor reads the person's {name} keypoints "
                             f"({count} points) besides the crop, and none were given")
     codes = set(np.unique(np.asarray(named)).tolist()) - {0} if named is not None else set()
-    if keypoints.shape[1] != count or codes - {format_code(name)}:
+    other = sorted(list(KEYPOINT_FORMATS)[code - 1] for code in codes - {format_code(name)})
+    if keypoints.shape[1] != count or other:
+        given = f"files of format {', '.join(other)}" if other else \
+            f"{keypoints.shape[1]} points per person"
         raise FitInputError(f"regress: this regressor reads {name} keypoints ({count} points), "
-                            f"got {keypoints.shape[1]} points per person")
+                            f"got {given}")
 
 
 def _as_tensor(value: Any, name: str, shape: tuple[int | None, ...]) -> Tensor:

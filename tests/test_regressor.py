@@ -21,6 +21,7 @@ from fitkit.geometry import (
     rot6d_to_matrix,
 )
 from fitkit.io.inputs import FitInputError
+from fitkit.io.keypoint_formats import format_code
 from fitkit.nets import (
     REGRESSOR_CONFIGS,
     CheckpointError,
@@ -251,6 +252,13 @@ def test_regress_gives_a_keypoint_network_the_crop_coordinates(tmp_path: Path) -
         regress(images, boxes=np.array([[0, 0, 50, 50]] * 2), net=path)
     with pytest.raises(FitInputError, match="reads body25 keypoints .25 points., got 17"):
         regress(images, keypoints=keypoints[:, :17], net=path)
+    coco = Regressor(RegressorConfig(keypoint_format="coco17")).eval()
+    h36m = {"keypoints": keypoints[:, :17],
+            "keypoint_format": np.array([format_code("h36m17")] * 2)}
+    with pytest.raises(FitInputError, match="reads coco17 keypoints .17 points., got files of "
+                       "format h36m17"):
+        regress(images, keypoints=h36m, net=coco)
+    regress(images, keypoints={**h36m, "keypoint_format": np.zeros(2, int)}, net=coco)
 
 
 def test_checkpoint_round_trip_through_the_registry(small_net_path: Path) -> None:
